@@ -1,0 +1,74 @@
+"""Thin command line: parses arguments, calls the Python API, prints.
+
+Subcommands live next to the code they drive and are imported lazily, so `edrules --help`
+stays fast and the gateway never imports the analyst stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from edrules.errors import EdrulesError
+
+# name -> "module:attribute" of a click command
+COMMANDS: dict[str, str] = {
+    "ingest": "edrules.ingest.cli:ingest",
+    "synth": "edrules.synth:synth_command",
+    "pack": "edrules.rules.cli:pack",
+    "evaluate": "edrules.rules.cli:evaluate",
+    "explain": "edrules.rules.cli:explain",
+    "whatif": "edrules.workbench.cli:whatif",
+    "dns-check": "edrules.auth.cli:dns_check",
+    "demo": "edrules.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return None  # that part of edrules is not installed/built yet
+            raise
+        return getattr(module, attr, None)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="edrules")
+def cli() -> None:
+    """edrules: test mail-filter rules on real traffic, ship signed rule packs."""
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except EdrulesError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

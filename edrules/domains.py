@@ -1,0 +1,94 @@
+"""Normalise addresses and domains once, and find organisational domains (bundled PSL)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from publicsuffixlist import PublicSuffixList
+
+# The package bundles the list; it never downloads at run time.
+_PSL = PublicSuffixList()
+
+
+@lru_cache(maxsize=65536)
+def normalize_domain(domain: str | None) -> str | None:
+    """Lower-case A-label form without trailing dot, or None if empty/unusable.
+
+    IDNA 2003 via the stdlib codec keeps this dependency-free; labels it cannot encode are
+    kept lower-cased as written so nothing is silently dropped.
+    """
+    if domain is None:
+        return None
+    d = domain.strip().strip("[]").rstrip(".").lower()
+    if not d:
+        return None
+    if not d.isascii():
+        try:
+            d = d.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return d
+
+
+def normalize_address(address: str | None) -> str | None:
+    """`Local@Domain.` -> `local@domain`; the empty (null) sender stays ''."""
+    if address is None:
+        return None
+    a = address.strip().strip("<>").strip()
+    if a == "":
+        return ""
+    local, sep, domain = a.rpartition("@")
+    if not sep:
+        return a.lower()
+    return f"{local.lower()}@{normalize_domain(domain) or ''}"
+
+
+def address_domain(address: str | None) -> str | None:
+    """Domain part of an already normalised address."""
+    if not address or "@" not in address:
+        return None
+    return address.rpartition("@")[2] or None
+
+
+@lru_cache(maxsize=65536)
+def org_domain(domain: str | None) -> str | None:
+    """Organisational domain (public suffix + one label), as DMARC defines it.
+
+    Returns the domain itself when it is a public suffix or unknown single label.
+    """
+    if not domain or is_ip_literal(domain):
+        return None
+    org = _PSL.privatesuffix(domain)
+    return org or domain
+
+
+def is_ip_literal(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_ip(value: str | None) -> str | None:
+    """Canonical text of an IPv4/IPv6 address (IPv4-mapped IPv6 becomes IPv4), else None."""
+    if not value:
+        return None
+    v = value.strip().strip("[]")
+    if v.lower().startswith("ipv6:"):
+        v = v[5:]
+    try:
+        ip = ipaddress.ip_address(v)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def is_subdomain_or_self(domain: str | None, parent: str | None) -> bool:
+    """True for parent itself or a dot-separated child; `evilexample.com` is not under `example.com`."""
+    if not domain or not parent:
+        return False
+    return domain == parent or domain.endswith("." + parent)
