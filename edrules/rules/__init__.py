@@ -1,0 +1,1 @@
+"""Rules: the typed policy model, YAML parsing, and compiled rule packs."""
