@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "edrules.ingest.cli:ingest",
     "synth": "edrules.synth:synth_command",
     "pack": "edrules.rules.cli:pack",
-    "evaluate": "edrules.rules.cli:evaluate",
+    "evaluate": "edrules.backends.cli:evaluate",
     "explain": "edrules.rules.cli:explain",
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
