@@ -1,0 +1,220 @@
+"""DKIM verification and signing (RFC 6376, RFC 8463 Ed25519) through dkimpy and a Resolver."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from dataclasses import dataclass
+
+import dkim as dkimpy
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver, TempError, txt_to_bytes
+from edrules.domains import normalize_domain, org_domain
+from edrules.errors import EdrulesError
+from edrules.facts import AuthResult
+
+# RFC 8301: verifiers MUST NOT accept RSA keys shorter than 1024 bits.
+MIN_RSA_BITS = 1024
+
+_quiet = logging.getLogger("edrules.auth.dkimpy")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+@dataclass(frozen=True, slots=True)
+class DkimOutcome:
+    """One DKIM-Signature's result, in the words of RFC 8601."""
+
+    d: str | None
+    s: str | None
+    result: AuthResult
+    reason: str
+    algorithm: str | None = None
+    key_bits: int | None = None
+    i: str | None = None
+    b: str | None = None  # first 8 characters of b=, to tell signatures apart (RFC 6008)
+
+    @property
+    def org(self) -> str | None:
+        return org_domain(self.d)
+
+
+class _KeyProblem(Exception):
+    """Raised out of dkimpy's dnsfunc so missing/broken keys are not reported as a bad signature."""
+
+    def __init__(self, result: AuthResult, reason: str):
+        super().__init__(reason)
+        self.result = result
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A parsed DKIM key record (what dns-check reports, and what verification uses)."""
+
+    name: str
+    text: str
+    key_type: str  # 'rsa' | 'ed25519' | other as published
+    bits: int | None
+    testing: bool
+    revoked: bool
+    problem: str | None  # why the record is unusable, None if usable
+
+
+def parse_key_record(name: str, text: str) -> KeyRecord:
+    """Parse `v=DKIM1; k=...; p=...` with dkimpy's own parser, plus key size and flags."""
+    raw = txt_to_bytes(text)
+    tags: dict[bytes, bytes] = {}
+    try:
+        tags = dkimpy.util.parse_tag_value(raw)
+    except dkimpy.util.InvalidTagValueList as exc:
+        return KeyRecord(name, text, "?", None, False, False, f"malformed key record: {exc}")
+    key_type = tags.get(b"k", b"rsa").decode("ascii", "replace").lower()
+    testing = b"y" in [f.strip() for f in tags.get(b"t", b"").split(b":")]
+    p = re.sub(rb"\s+", b"", tags.get(b"p", b""))
+    if b"p" in tags and not p:
+        return KeyRecord(name, text, key_type, None, testing, True, "key revoked (empty p=)")
+    try:
+        _pk, bits, ktag, _tls = dkimpy.evaluate_pk(name.encode(), raw)
+    except (dkimpy.KeyFormatError, dkimpy.UnknownKeyTypeError, binascii.Error, ValueError, IndexError) as exc:
+        return KeyRecord(name, text, key_type, None, testing, False, f"bad key record: {exc}")
+    if ktag == b"ed25519":
+        bits = 256
+    return KeyRecord(name, text, ktag.decode(), bits, testing, False, None)
+
+
+def _dnsfunc(resolver: Resolver):
+    """dkimpy's `dnsfunc` backed by the Resolver, turning DNS states into DKIM results."""
+
+    def lookup(name: bytes, timeout: float = 5) -> bytes:
+        qname = name.decode("ascii", "replace").rstrip(".")
+        try:
+            records = resolver.txt(qname)
+        except NXDomain:
+            raise _KeyProblem(AuthResult.PERMERROR, f"no key published at {qname}") from None
+        except PermError as exc:
+            raise _KeyProblem(AuthResult.PERMERROR, f"key lookup failed: {exc}") from None
+        except (TempError, DnsError) as exc:
+            raise _KeyProblem(AuthResult.TEMPERROR, f"key lookup failed: {exc}") from None
+        if not records:
+            raise _KeyProblem(AuthResult.PERMERROR, f"no key published at {qname}")
+        # RFC 6376 3.6.2.2: several records are undefined; use the first parsable one.
+        for text in records:
+            key = parse_key_record(qname, text)
+            if key.problem is None:
+                return txt_to_bytes(text)
+        raise _KeyProblem(AuthResult.PERMERROR, parse_key_record(qname, records[0]).problem or "bad key")
+
+    return lookup
+
+
+def _tag(sig: dict, name: bytes) -> str | None:
+    v = sig.get(name)
+    return re.sub(r"\s+", "", v.decode("ascii", "replace")) if v is not None else None
+
+
+def verify_dkim(message: bytes, resolver: Resolver) -> list[DkimOutcome]:
+    """Verify every DKIM-Signature, top to bottom. A message without any gives []."""
+    try:
+        d = dkimpy.DKIM(message, logger=_quiet, minkey=MIN_RSA_BITS)
+    except dkimpy.MessageFormatError as exc:
+        return [DkimOutcome(None, None, AuthResult.PERMERROR, f"unparsable message: {exc}")]
+    count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
+    dnsfunc = _dnsfunc(resolver)
+    return [_verify_one(d, idx, dnsfunc) for idx in range(count)]
+
+
+def _verify_one(d: dkimpy.DKIM, idx: int, dnsfunc) -> DkimOutcome:
+    sig: dict = {}
+    raw = [v for n, v in d.headers if n.lower() == b"dkim-signature"][idx]
+    try:
+        sig = dkimpy.util.parse_tag_value(raw)
+    except dkimpy.util.InvalidTagValueList:
+        pass
+    dom = normalize_domain(_tag(sig, b"d"))
+    sel = _tag(sig, b"s")
+    alg = _tag(sig, b"a")
+    ident = _tag(sig, b"i")
+    b8 = (_tag(sig, b"b") or "")[:8] or None
+
+    def out(result: AuthResult, reason: str) -> DkimOutcome:
+        return DkimOutcome(dom, sel, result, reason, alg, getattr(d, "keysize", None), ident, b8)
+
+    d.keysize = None
+    try:
+        ok = d.verify(idx, dnsfunc=dnsfunc)
+    except _KeyProblem as exc:
+        return out(exc.result, exc.reason)
+    except dkimpy.ValidationError as exc:
+        # dkimpy raises this for a body hash mismatch (a failed check: fail) and for
+        # malformed or expired signature fields (unverifiable: permerror, RFC 8601 2.7.1).
+        text = str(exc)
+        result = AuthResult.FAIL if "body hash mismatch" in text else AuthResult.PERMERROR
+        return out(result, text)
+    except dkimpy.KeyFormatError as exc:
+        return out(AuthResult.PERMERROR, str(exc))
+    except dkimpy.DKIMException as exc:
+        return out(AuthResult.PERMERROR, str(exc))
+    if ok:
+        return out(AuthResult.PASS, "signature verified")
+    return out(AuthResult.FAIL, "signature did not verify")
+
+
+def _ed25519_seed_b64(private_key: bytes) -> bytes:
+    """dkimpy wants the raw 32-byte Ed25519 seed in base64; accept PEM (PKCS#8) too."""
+    if b"-----BEGIN" not in private_key:
+        return private_key.strip()
+    key = serialization.load_pem_private_key(private_key, password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise EdrulesError("ed25519-sha256 needs an Ed25519 private key")
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    return base64.b64encode(seed)
+
+
+def sign_dkim(
+    message: bytes,
+    selector: str,
+    domain: str,
+    private_key_pem: bytes | str,
+    algorithm: str = "rsa-sha256",
+    headers: list[str] | None = None,
+) -> bytes:
+    """Return the `DKIM-Signature: ...\\r\\n` header line for `message` (relaxed/relaxed)."""
+    if algorithm not in ("rsa-sha256", "ed25519-sha256"):
+        raise EdrulesError(f"unsupported DKIM algorithm {algorithm!r} (rsa-sha256 or ed25519-sha256)")
+    key = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
+    if algorithm == "ed25519-sha256":
+        key = _ed25519_seed_b64(key)
+    try:
+        return dkimpy.sign(
+            message,
+            selector.encode(),
+            domain.encode(),
+            key,
+            canonicalize=(b"relaxed", b"relaxed"),
+            signature_algorithm=algorithm.encode(),
+            include_headers=[h.encode() for h in headers] if headers else None,
+            logger=_quiet,
+        )
+    except dkimpy.DKIMException as exc:
+        raise EdrulesError(f"cannot sign: {exc}") from None
+
+
+def public_key_record(private_key_pem: bytes | str, algorithm: str = "rsa-sha256") -> str:
+    """The `v=DKIM1; k=...; p=...` TXT value that publishes the key matching a private key."""
+    key_bytes = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
+    if algorithm == "ed25519-sha256" and b"-----BEGIN" not in key_bytes:
+        priv = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(key_bytes))
+    else:
+        priv = serialization.load_pem_private_key(key_bytes, password=None)
+    pub = priv.public_key()
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode()
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
