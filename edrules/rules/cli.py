@@ -90,9 +90,15 @@ def verify(pack_file: str, pubkey: str | None, allow_unsigned: bool) -> None:
 @click.option("--allow-unsigned", is_flag=True, help="Accept an unsigned pack (development only).")
 @click.option("--trust-authserv", multiple=True, metavar="ID",
               help="Authserv-id whose Authentication-Results are trusted (repeatable).")
+@click.option("--mail-from", default=None, help="Envelope sender as the MTA saw it ('' for <>).")
+@click.option("--rcpt", multiple=True, help="Envelope recipient (repeatable); default: from headers.")
+@click.option("--client-ip", default=None, help="Connecting client IP as the MTA saw it.")
+@click.option("--helo", default=None, help="HELO/EHLO name as the MTA saw it.")
+@click.option("--category", default=None, help="Upstream scanner category: malware, phishing, spam, ham.")
 @click.option("--json", "as_json", is_flag=True, help="Print facts, verdicts and trace as JSON.")
 def explain(message: str, pack_file: str | None, pubkey: str | None, allow_unsigned: bool,
-            trust_authserv: tuple[str, ...], as_json: bool) -> None:
+            trust_authserv: tuple[str, ...], mail_from: str | None, rcpt: tuple[str, ...],
+            client_ip: str | None, helo: str | None, category: str | None, as_json: bool) -> None:
     """Show the facts of one message, the verdict per recipient, and why."""
     from edrules.rules.explain import explain_message
 
@@ -100,6 +106,8 @@ def explain(message: str, pack_file: str | None, pubkey: str | None, allow_unsig
     report = explain_message(
         data, source=message, pack_path=pack_file, pubkey_path=pubkey,
         allow_unsigned=allow_unsigned, trusted_authserv_ids=trust_authserv,
+        envelope_from=mail_from, recipients=list(rcpt) or None, client_ip=client_ip, helo=helo,
+        category=category,
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
