@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Mapping
 import duckdb
 import pyarrow as pa
 
+from edrules.facts import MessageFacts
 from edrules.rules.model import (
     BulkPolicy,
     Entry,
@@ -188,11 +189,19 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
             "dataset": pa.array([dataset], pa.string()),
         }
     )
-    act_rows = [
-        (cat, "reject" if cat == "inbound" else str(actions.get(cat, "deliver")), _REASONS[cat])
-        for cat in _REASONS
-    ]
-    act_rows = [(c, "deliver" if c in ("allow", "clean") else a, r) for c, a, r in act_rows]
+    fixed_ids = {"inbound": "inbound:relays", "malware": "category:malware",
+                 "forgery": f"from_policy:{mode}", "phishing": "category:phishing",
+                 "spam": "category:spam", "clean": "default"}  # block/allow/bulk: per row
+    act_rows = []
+    for cat, reason in _REASONS.items():
+        action = str(actions.get(cat, "deliver"))
+        if cat == "inbound":
+            action = "reject"
+        elif cat in ("allow", "clean"):
+            action = "deliver"
+        if cat == "forgery":
+            reason = f"{reason} under the {mode} From-policy"
+        act_rows.append((cat, action, reason, fixed_ids.get(cat)))
 
     cols: dict[str, list] = {k: [] for k in (
         "eid", "list", "ord", "id", "kind", "value", "subdomains", "via_kind", "scope_kind",
@@ -244,7 +253,7 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
     return {
         "params": params,
         "actions": pa.table({k: pa.array([r[i] for r in act_rows], s)
-                             for i, k in enumerate(("category", "action", "reason"))}),
+                             for i, k in enumerate(("category", "action", "reason", "rule_id"))}),
         "entries": pa.table(
             {
                 "eid": pa.array(cols["eid"], pa.int32()),
@@ -363,7 +372,7 @@ relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
 WITH
 prm AS (SELECT * FROM {n['params']}),
 live AS (  -- expired entries are ignored (valid through `expires` inclusive)
-  SELECT e.* FROM {n['entries']} e, prm p WHERE e.expires IS NULL OR e.expires >= p.now_date
+  SELECT e.* FROM {n['entries']} e WHERE e.expires IS NULL OR e.expires >= (SELECT now_date FROM prm)
 ),
 d AS (  -- derived facts per message (docs/rules.md "Derived facts")
   SELECT t.dataset, t.msg_key, t.envelope_from, t.header_from, t.envelope_from_domain,
@@ -473,20 +482,15 @@ SELECT x.dataset, x.msg_key, x.recipient, act.action, x.decision AS category,
          THEN ': the From header is missing, repeated or holds several mailboxes'
          ELSE ': header From ' || coalesce(x.header_from_org, 'unknown') || ', envelope '
               || coalesce(x.env_org, 'unknown') END
-         || ' under the ' || p.from_policy || ' From-policy'
     WHEN 'inbound' THEN act.reason || ' (' || coalesce(x.client_ip, 'no client IP') || ')'
     ELSE act.reason END AS reason,
   CASE x.decision
-    WHEN 'inbound' THEN 'inbound:relays'
     WHEN 'block' THEN x.b.id
     WHEN 'allow' THEN x.a.id
     WHEN 'bulk' THEN 'bulk:' || x.bulk_provider
-    WHEN 'forgery' THEN 'from_policy:' || p.from_policy
-    WHEN 'clean' THEN 'default'
-    ELSE 'category:' || x.decision END AS rule_id
+    ELSE act.rule_id END AS rule_id
 FROM decided x
 JOIN {n['actions']} act ON act.category = x.decision
-CROSS JOIN prm p
 """
 
 
@@ -548,3 +552,52 @@ def verdict_counts(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datet
         return con.execute(
             f"SELECT action, category, count(*) FROM ({sql}) GROUP BY ALL ORDER BY 1, 2"
         ).fetchall()
+
+
+# -- facts in ---------------------------------------------------------------------------------
+
+_DKIM_TYPE = pa.list_(pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()),
+                                 ("org", pa.string())]))
+_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "received_at": pa.timestamp("us"), "from_invalid": pa.bool_(), "dkim": _DKIM_TYPE,
+    "score": pa.float64(), "size": pa.int64(),
+}
+
+
+def facts_tables(facts: Iterable[MessageFacts]) -> tuple[pa.Table, pa.Table]:
+    """(messages, recipients) rows of the ingest schema for in-memory facts, so facts built in
+    Python (tests, explain, notebooks) go through exactly the query a dataset does."""
+    from edrules.domains import address_domain
+
+    names = MessageFacts.column_names()
+    msgs: dict[str, list] = {c: [] for c in names}
+    rcpts: dict[str, list] = {c: [] for c in ("dataset", "msg_key", "recipient", "recipient_domain",
+                                               "recipient_source")}
+    for f in facts:
+        row = f.to_row()
+        row["dkim"] = [{"d": k["d"], "s": k["s"], "result": k["result"], "org": k["org"]}
+                       for k in row["dkim"]]
+        for c in names:
+            msgs[c].append(row[c])
+        for r in f.recipients:
+            rcpts["dataset"].append(f.dataset)
+            rcpts["msg_key"].append(f.msg_key)
+            rcpts["recipient"].append(r)
+            rcpts["recipient_domain"].append(address_domain(r))
+            rcpts["recipient_source"].append("envelope")
+    messages = pa.table({c: pa.array(msgs[c], _COLUMN_TYPES.get(c, pa.string())) for c in names})
+    recipients = pa.table({c: pa.array(v, pa.string()) for c, v in rcpts.items()})
+    return messages, recipients
+
+
+def insert_facts(con: duckdb.DuckDBPyConnection, facts: Iterable[MessageFacts], *,
+                 messages: str = "messages", recipients: str = "recipients") -> None:
+    """Append facts to the `messages` and `recipients` tables (edrules.schema)."""
+    m, r = facts_tables(facts)
+    tag = uuid.uuid4().hex[:10]
+    for name, table, target in ((f"_edr_{tag}_m", m, messages), (f"_edr_{tag}_r", r, recipients)):
+        con.register(name, table)
+        try:
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {name}")
+        finally:
+            con.unregister(name)
