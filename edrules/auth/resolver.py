@@ -137,18 +137,22 @@ class ZoneResolver:
         return resolver
 
     def add_text(self, text: str, origin: str | None = None, *, source: str | None = None) -> None:
+        # A default TTL keeps hand-written test zones short; error lines are shifted back.
+        body = "$TTL 3600\n" + text
         try:
-            # A default TTL keeps hand-written test zones short; the line numbers in errors
-            # are shifted back by the one line added here.
-            zone = dns.zone.from_text(
-                "$TTL 3600\n" + text,
-                origin=origin or dns.name.root,
-                relativize=False,
-                check_origin=False,
-            )
+            zone = _parse_zone(body, origin)
         except dns.exception.SyntaxError as exc:
+            line = _line_of(str(exc))
+            # dnspython reports some errors after consuming the newline (one line late):
+            # if the text up to the previous line already fails, that line is the culprit.
+            if line and line > 2:
+                head = "".join(body.splitlines(keepends=True)[: line - 1])
+                try:
+                    _parse_zone(head, origin)
+                except dns.exception.DNSException:
+                    line -= 1
             raise EdrulesError(f"bad zone file: {_strip_line(str(exc))}",
-                               Location(source, _line_of(str(exc)))) from None
+                               Location(source, line - 1 if line else None)) from None
         except dns.exception.DNSException as exc:
             raise EdrulesError(f"bad zone file: {exc}", Location(source)) from None
         for name, node in zone.nodes.items():
@@ -217,11 +221,16 @@ class ZoneResolver:
         return [_key(r.target.to_text()) for r in self._lookup(reverse_name(ip), "PTR")]
 
 
+def _parse_zone(text: str, origin: str | None) -> dns.zone.Zone:
+    # Without an origin everything hangs off the root, so $ORIGIN lines may switch domains.
+    return dns.zone.from_text(text, origin=origin or dns.name.root, relativize=False, check_origin=False)
+
+
 def _line_of(message: str) -> int | None:
     # dnspython reports "<string>:LINE: message"
     parts = message.split(":")
     if len(parts) >= 3 and parts[1].strip().isdigit():
-        return max(int(parts[1]) - 1, 1)
+        return int(parts[1])
     return None
 
 

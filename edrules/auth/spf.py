@@ -98,11 +98,11 @@ def check_spf(ip: str, helo: str | None, envelope_from: str | None, resolver: Re
     identity = "mailfrom" if sender else "helo"
     if sender and "@" not in sender:
         sender = "postmaster@" + sender
-    q = spf_query(ip, helo, sender, resolver)
     try:
-        result, _code, explanation = q.check()
-    except ValueError as exc:  # a client IP pyspf cannot parse
+        q = spf_query(ip, helo, sender, resolver)
+    except (pyspf.PermError, ValueError) as exc:  # a client IP pyspf cannot parse
         return SpfOutcome(AuthResult.PERMERROR, None, f"bad client IP: {exc}", identity)
+    result, _code, explanation = q.check()
     result = {"ambiguous": "permerror", "unknown": "permerror", "error": "temperror"}.get(result, result)
     domain = normalize_domain(q.o) if q.o else None
     if identity == "mailfrom":
