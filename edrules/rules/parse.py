@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -13,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from edrules.catalog import Catalog, load_catalog
@@ -57,6 +57,23 @@ class RulesError(EdrulesError):
         lines = [f"{len(self.errors)} errors in rules:"]
         lines += [f"  {e.location}: {e.message}" for e in self.errors]
         return "\n".join(lines)
+
+
+def _jsonschema():
+    """Import jsonschema without its optional RFC 3987 (IRI) format support: that module builds
+    a grammar at import and costs ~3 s per CLI run, and the rules schema uses no IRI formats.
+    The block is lifted right after, so other code in the process can still import it."""
+    if "jsonschema" in sys.modules:
+        return sys.modules["jsonschema"]
+    blocked = "rfc3987_syntax" not in sys.modules
+    if blocked:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
+    try:
+        import jsonschema
+    finally:
+        if blocked and sys.modules.get("rfc3987_syntax", 0) is None:
+            del sys.modules["rfc3987_syntax"]
+    return jsonschema
 
 
 @lru_cache(maxsize=1)
@@ -199,7 +216,7 @@ class _Parser:
 
     def _schema(self, data: dict[str, Any]) -> None:
         schema = rules_schema()
-        validator = jsonschema.Draft202012Validator(schema)
+        validator = _jsonschema().Draft202012Validator(schema)
         for err in sorted(validator.iter_errors(_jsonable(data)), key=lambda e: list(map(str, e.absolute_path))):
             path: PathKey = tuple(err.absolute_path)
             message = self._schema_message(err, path)
@@ -214,7 +231,7 @@ class _Parser:
             self.bad_paths.add(path)
             self.error(path, message)
 
-    def _schema_message(self, err: jsonschema.ValidationError, path: PathKey) -> str | None:
+    def _schema_message(self, err: Any, path: PathKey) -> str | None:
         v, inst = err.validator, err.instance
         if v == "additionalProperties":
             return ""
