@@ -77,15 +77,20 @@ def seal_arc(
     private_key_pem: bytes | str,
     authserv_id: str,
     timestamp: int | None = None,
+    headers: list[str] | None = None,
+    standardize: bool = False,
 ) -> list[bytes]:
     """The next ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results lines)
     to prepend. The message must carry this ADMD's Authentication-Results (authserv_id),
-    which dkimpy copies into the AAR and from which it takes the chain status."""
+    which dkimpy copies into the AAR and from which it takes the chain status.
+    `headers` picks the signed header fields; `standardize` writes tags in the fixed layout
+    of the ValiMail signing suite (alphabetical, unfolded) so output is comparable."""
     key = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
     try:
         return dkimpy.arc_sign(
             message, selector.encode(), domain.encode(), key, authserv_id.encode(),
-            timestamp=timestamp, logger=_quiet,
+            include_headers=[h.encode() for h in headers] if headers else None,
+            timestamp=timestamp, logger=_quiet, standardize=standardize,
         )
     except dkimpy.DKIMException as exc:
         raise EdrulesError(f"cannot ARC-seal: {exc}") from None
