@@ -1,0 +1,66 @@
+"""Per-recipient verdicts of a policy over a dataset, through either rule backend, kept in DuckDB."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import duckdb
+import pyarrow as pa
+
+from edrules.rules.model import Policy
+
+VERDICT_COLUMNS = ("dataset", "msg_key", "recipient", "action", "category", "reason", "rule_id")
+
+VERDICT_SCHEMA = pa.schema([(name, pa.string()) for name in VERDICT_COLUMNS])
+
+
+class Backend(StrEnum):
+    """Which rule backend produces verdicts. Both implement docs/rules.md identically;
+    SQL is the fast path over history, runtime is the gateway's own code path."""
+
+    SQL = "sql"
+    RUNTIME = "runtime"
+
+
+def materialize(con: duckdb.DuckDBPyConnection, policy: Policy, table: str, *, now: datetime,
+                dataset: str | None = None, backend: Backend = Backend.SQL) -> int:
+    """Write the verdicts (columns VERDICT_COLUMNS) into temp table `table`; returns its rows.
+
+    Verdicts stay inside DuckDB so a what-if over a million rows joins there and only the
+    changed rows ever reach Python.
+    """
+    cols = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in VERDICT_COLUMNS)
+    if backend is Backend.SQL:
+        from edrules.backends.sql import registered
+
+        with registered(con, policy, now=now, dataset=dataset) as sql:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {cols} FROM ({sql})")
+    else:
+        arrow = runtime_verdicts(con, policy, now=now, dataset=dataset)
+        con.register("_wb_runtime", arrow)
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {cols} FROM _wb_runtime")
+        finally:
+            con.unregister("_wb_runtime")
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def runtime_verdicts(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datetime,
+                     dataset: str | None) -> pa.Table:
+    """Verdicts from the gateway's in-memory evaluator, one message at a time."""
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.ingest import read_facts
+
+    evaluator = RuntimeEvaluator(policy)
+    rows: dict[str, list] = {name: [] for name in VERDICT_COLUMNS}
+    for facts in read_facts(con, dataset=dataset):
+        for v in evaluator.evaluate(facts, now):
+            rows["dataset"].append(facts.dataset)
+            rows["msg_key"].append(facts.msg_key)
+            rows["recipient"].append(v.recipient)
+            rows["action"].append(str(v.action))
+            rows["category"].append(v.category)
+            rows["reason"].append(v.reason)
+            rows["rule_id"].append(v.rule_id)
+    return pa.table(rows, schema=VERDICT_SCHEMA)
