@@ -84,6 +84,15 @@ class IntervalIndex:
         return len(self._starts)
 
 
+def _utc_date(now: datetime | None) -> date:
+    """The UTC calendar date expiry is judged by (docs/rules.md); naive datetimes are UTC."""
+    if now is None:
+        return datetime.now(timezone.utc).date()
+    if now.tzinfo is not None:
+        now = now.astimezone(timezone.utc)
+    return now.date()
+
+
 def _suffix_under(domain: str | None, suffixes: tuple[str, ...]) -> bool:
     """Domain equals or is label-wise under one of the suffixes."""
     if not domain:
@@ -211,7 +220,7 @@ class RuntimeEvaluator:
         """One Verdict per recipient, in facts.recipients order."""
         if not facts.recipients:
             return []
-        today = (now or datetime.now(timezone.utc)).date()
+        today = _utc_date(now)
         m = self._derive(facts)
         pre = self._message_level_before_lists(m)
         if pre is not None:

@@ -289,7 +289,8 @@ class _Parser:
         relays, enforce = self._inbound(data.get("inbound"))
         providers: dict[str, ProviderDef] = {}
         for pname, pol in bulk.items():
-            providers[pname] = self._provider_def(pname)
+            if pol is not BulkPolicy.SCAN:  # scan is the default: nothing depends on its catalog entry
+                providers[pname] = self._provider_def(pname)
         allow = self._entries(data.get("allow"), ListKind.ALLOW, providers)
         block = self._entries(data.get("block"), ListKind.BLOCK, providers)
         seen: dict[str, PathKey] = {}
@@ -441,6 +442,8 @@ class _Parser:
         expires = None
         if "expires" in item and self._ok((*path, "expires")):
             expires = self._date((*path, "expires"), item["expires"])
+        if item.get("id") == "default" and self._ok((*path, "id")):
+            self.error((*path, "id"), "id 'default' is reserved for the verdict of the default step")
         if len(self.errors) > n_before or value is None or scope is None:
             return None
         return Entry(
