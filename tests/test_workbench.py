@@ -261,3 +261,63 @@ def test_messages_finds_quarantined_mail_of_a_sender_under_a_pack(wb):
     found = wb.messages(header_from="DoNotReply@someotpsite.cz", pack=CURRENT, action="quarantine")
     assert found["msg_key"].tolist() == ["m01", "m02", "m03", "m04", "m05", "m11"]
     assert wb.messages(header_from=OTP, label="ham")["msg_key"].tolist() == ["m01", "m02", "m03"]
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def _write_pack(path: Path, text: str, key: Path | None = None) -> Path:
+    from edrules.pack import build_pack, write_pack
+
+    write_pack(build_pack(to_policy(text), source_bytes=text.encode(), private_key_path=key,
+                          created=datetime(2026, 3, 4)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory):
+    from edrules.pack import generate_keypair
+
+    d = tmp_path_factory.mktemp("packs")
+    private, _ = generate_keypair(d)
+    relaxed = CURRENT.replace("name: current", "name: relaxed").replace("strict", "relaxed")
+    return (_write_pack(d / "current.json", CURRENT, private), _write_pack(d / "relaxed.json", relaxed, private))
+
+
+def test_whatif_cli_prints_counts_summary_and_the_most_alarming_row_first(mini_db, packs):
+    from edrules.cli import cli
+
+    res = CliRunner().invoke(cli, ["whatif", "--db", str(mini_db), "--pack", str(packs[0]),
+                                   "--pack", str(packs[1]), "--limit", "3"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == "what-if: current -> relaxed over 13 recipient rows"
+    assert lines[1].startswith("changed: 8  newly delivered: 8 (6 messages; forged 3; ham 7, phishing 1)")
+    assert "changed rows (top 3 of 8, most alarming first):" in res.output
+    first_row = lines[lines.index("changed rows (top 3 of 8, most alarming first):") + 2]
+    assert first_row.split()[:5] == ["m05", ALICE, "quarantine→deliver", "phishing", "yes"]
+
+
+def test_whatif_cli_json_equals_the_python_api(mini_db, packs, wb):
+    from edrules.cli import cli
+
+    res = CliRunner().invoke(cli, ["whatif", "--db", str(mini_db), "--pack", str(packs[0]),
+                                   "--pack", str(packs[1]), "--json", "--backend", "runtime"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["counts"] == wb.whatif(packs[0], packs[1]).counts()
+    assert [r["msg_key"] for r in out["rows"]][:1] == ["m05"]
+    assert out["now"] == "2026-03-03T19:00:00"  # a day after the newest message
+
+
+def test_whatif_cli_refuses_one_pack_and_a_tampered_signed_pack(mini_db, packs, tmp_path):
+    from edrules.cli import cli
+
+    one = CliRunner().invoke(cli, ["whatif", "--db", str(mini_db), "--pack", str(packs[0])])
+    assert one.exit_code != 0 and "exactly twice" in one.output
+    doc = json.loads(packs[1].read_text())
+    doc["policy"]["from_policy"] = "relaxed" if doc["policy"]["from_policy"] != "relaxed" else "strict"
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(doc))
+    res = CliRunner().invoke(cli, ["whatif", "--db", str(mini_db), "--pack", str(packs[0]), "--pack", str(bad)])
+    assert res.exit_code != 0
