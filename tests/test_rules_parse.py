@@ -133,7 +133,7 @@ def test_every_error_message_in_the_table_is_documented():
         # Compare the wording with the quoted names/values replaced by placeholders; the
         # problem after "invalid YAML:" is PyYAML's own text.
         fragment = fragment.split(":")[0] if fragment.startswith("invalid YAML") else fragment
-        words = re.sub(r"\(got [^)]*\)|(?<=mean )\S+|'[^']*'|\d+(\.\d+)*(/\d+)?|\b\w+@\S+", "", fragment).split()
+        words = re.sub(r"\(got [^)]*\)|(?<=mean )\S+|'[^']*'|\[\d+\]|\d+(\.\d+)*(/\d+)?|\b\w+@\S+", "", fragment).split()
         assert all(w in errors_section for w in words), fragment
 
 
