@@ -18,7 +18,7 @@ from edrules.synth.draft import Draft
 from edrules.synth.gateway import AuthOutcome
 from edrules.synth.policy import AllowEntry, Decision, decide
 from edrules.synth.world import (
-    DNS, GATEWAY, GATEWAY_IP, MIN_USERS, OTP_FROM, OUTBOUND, OUTBOUND_IP, PARTNERS, TENANT_DOMAIN, USERS,
+    DNS, GATEWAY, GATEWAY_IP, MIN_USERS, OTP_FROM, OUTBOUND, OUTBOUND_IP, PARCEL_FROM, PARTNERS, TENANT_DOMAIN, USERS,
 )
 from edrules.synth.zone import Zone
 
@@ -138,7 +138,7 @@ def generate(out: Path, seed: int, users: int, days: int, start: date, keys_dir:
     ctx = make_ctx(users)
     if days < 1 or days > 366:
         raise EdrulesError(f"--days must be between 1 and 366, got {days}")
-    allow = (AllowEntry(ctx.otp_user.address, OTP_FROM),)
+    allow = (AllowEntry(ctx.otp_user.address, OTP_FROM), AllowEntry(ctx.parcel_user.address, PARCEL_FROM))
     drafts = scenarios.drafts(ctx, seed, start, days)
     zone = base_zone(keys_dir)
     for d in drafts:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from edrules.facts import Action
 from edrules.synth import scenarios
-from edrules.synth.world import GATEWAY, OTP_FROM, TENANT_DOMAIN, TENANT_NAME
+from edrules.synth.world import GATEWAY, OTP_FROM, PARCEL_FROM, TENANT_DOMAIN, TENANT_NAME
 
 
 def readme(t) -> str:  # t: build.Tenant (untyped: build imports this module)
@@ -63,9 +63,11 @@ def readme(t) -> str:  # t: build.Tenant (untyped: build imports this module)
         "## Current policy and quarantine.csv",
         "",
         "The tenant filters with the `strict` From-policy (header From organisational domain must equal the "
-        f"envelope sender's) and {t.ctx.otp_user.user.name} ({t.ctx.otp_user.address}) allow-listed "
-        f"`{OTP_FROM}`. Under strict an allow entry matches the envelope sender, which for Amazon SES "
-        "is `...@amazonses.com`: the OTP mails are still quarantined as forgeries. That is the story.",
+        "envelope sender's; `data/rules/current.yaml`) with two user allow entries: "
+        f"{t.ctx.otp_user.user.name} ({t.ctx.otp_user.address}) allow-listed `{OTP_FROM}` and "
+        f"{t.ctx.parcel_user.user.name} ({t.ctx.parcel_user.address}) allow-listed `{PARCEL_FROM}`. "
+        "Under strict an allow entry matches the envelope sender, which for Amazon SES is "
+        "`...@amazonses.com`: the allow-listed mail is still quarantined as a forgery. That is the story.",
         "",
         f"`quarantine.csv` has {q_rows} rows (one per quarantined message; recipients joined by `;`; the "
         "`eml` column points at the message file). Quarantined recipients by reason:",
@@ -74,11 +76,17 @@ def readme(t) -> str:  # t: build.Tenant (untyped: build imports this module)
         "|---|---|",
         *(f"| {r} | {reasons[r]} |" for r in ("malware", "forgery", "phishing", "spam")),
         "",
-        "What the candidate fixes in `data/rules/` should show on this data: `aligned` delivers the "
-        "brand-signed SES and Mailchimp mail and the HR SaaS mail, but keeps the forged someotpsite.cz "
-        "phishing (DKIM only amazonses.com, DMARC fail) out; `relaxed` would deliver that forgery to the "
-        "user who allow-listed the address; a bulk `allow` for amazonses also delivers it; the pair "
-        f"`{OTP_FROM} via amazonses` admits any SES account that writes that From.",
+        "What the candidate fixes in `data/rules/` do here (semantics in docs/rules.md):",
+        "",
+        "- `aligned`: delivers the brand-signed SES and Mailchimp mail, the HR SaaS mail and the "
+        "allow-listed OTP and parcel mail; the SES forgeries (DKIM only amazonses.com) stay forgeries.",
+        f"- pair `{OTP_FROM} via amazonses`: delivers the OTP mail; but the same pair for `{PARCEL_FROM}` "
+        "also delivers the parcelzone.cz forgery sent from an attacker's SES account, because that brand "
+        "publishes DMARC `p=none` (someotpsite.cz publishes `p=quarantine`, so its forgery is refused).",
+        "- `relaxed`: trusts the header From as written unless DMARC says quarantine/reject: the "
+        f"parcelzone.cz forgery reaches {t.ctx.parcel_user.user.name} through her allow entry.",
+        "- bulk `amazonses: allow`: no SES mail is a forgery any more; only the scanner's category stops "
+        "SES-sent phishing and spam.",
         "",
         "## Files",
         "",

@@ -13,11 +13,11 @@ from datetime import date, datetime, timedelta
 
 from edrules.facts import Category
 from edrules.synth import text
-from edrules.synth.draft import Draft, Route
 from edrules.synth.calendar import any_time, count, is_workday, prague_offset_minutes, working_time
+from edrules.synth.draft import Draft, Route
 from edrules.synth.mime import Attachment, Content, zip_bytes
 from edrules.synth.world import (
-    OTP_FROM, OUTBOUND, OUTBOUND_IP, PARTNERS, SES_SELECTOR, TENANT_DOMAIN, User,
+    OTP_FROM, OUTBOUND, OUTBOUND_IP, PARCEL_FROM, PARTNERS, SES_SELECTOR, TENANT_DOMAIN, User,
 )
 
 
@@ -48,6 +48,11 @@ class Ctx:
     @property
     def otp_user(self) -> Mailbox:
         return self.mailboxes[2]
+
+    @property
+    def parcel_user(self) -> Mailbox:
+        """Allow-listed the parcel notifications (a sales user when the tenant has one)."""
+        return self.mailboxes[min(3, len(self.mailboxes) - 1)]
 
     def by_role(self, *roles: str) -> tuple[Mailbox, ...]:
         found = tuple(m for m in self.mailboxes if m.user.role in roles)
@@ -215,11 +220,11 @@ def ses_otp(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
 
 def ses_parcel(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     for _ in range(count(rng, 0.08 * len(ctx.mailboxes))):
-        rcpt = ctx.pick(rng)
+        rcpt = [ctx.parcel_user] if rng.random() < 0.4 else ctx.pick(rng)
         when = _when(rng, day, office=False)
         route = ses_route(rng, "eu-central-1.amazonses.com", "eu-central-1", when[0])
         subject, body, html = text.parcel(rng)
-        content = Content((("From", "ParcelZone <notifikace@parcelzone.cz>"), ("To", rcpt[0].header),
+        content = Content((("From", f"ParcelZone <{PARCEL_FROM}>"), ("To", rcpt[0].header),
                            ("Subject", subject)), body, html)
         yield _draft("ses_parcel", Category.HAM, rng, when, route, rcpt, content,
                      (("parcelzone.cz", "k5tqbvo3ymr6exmzz4mq6mc2ebbp4wdq"), ("amazonses.com", SES_SELECTOR)),
@@ -338,17 +343,24 @@ def ceo_fraud(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
 
 
 def ses_forged_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
-    """An attacker's SES account sends as someotpsite.cz: SES signs, the brand does not; DMARC fails.
+    """An attacker's SES account writes a brand's From: only amazonses.com signs, DMARC fails.
 
-    This is what trusting the header From as written (`relaxed`) lets in.
+    someotpsite.cz publishes p=quarantine, so DMARC refuses the forgery in every From-policy;
+    parcelzone.cz publishes p=none, so trusting the header From as written (`relaxed`) or a
+    `via amazonses` pair delivers it to the user who allow-listed the brand. `aligned` does not.
     """
-    if rng.random() > 0.2:
+    if rng.random() > 0.3:
         return
-    rcpt = [ctx.otp_user] if rng.random() < 0.6 else ctx.pick(rng)
+    if day.toordinal() % 2:  # alternate the two brands so both appear in any month
+        rcpt = [ctx.otp_user] if rng.random() < 0.7 else ctx.pick(rng)
+        sender = f"<{OTP_FROM}>" if rcpt[0] == ctx.otp_user else "Someotpsite Security <security@someotpsite.cz>"
+        subject, body, html = text.brand_phish(rng, "someotpsite-login.top")
+    else:
+        rcpt = [ctx.parcel_user]
+        sender = f"ParcelZone <{PARCEL_FROM}>"
+        subject, body, html = text.parcel_phish(rng, "parcelzone-cz.delivery")
     when = _when(rng, day, office=False)
     route = ses_route(rng, when=when[0])
-    sender = f"<{OTP_FROM}>" if rcpt[0] == ctx.otp_user else "Someotpsite Security <security@someotpsite.cz>"
-    subject, body, html = text.brand_phish(rng, "someotpsite-login.top")
     content = Content((("From", sender), ("To", f"<{rcpt[0].address}>"), ("Subject", subject)), body, html)
     yield _draft("ses_forged_brand", Category.PHISHING, rng, when, route, rcpt, content,
                  (("amazonses.com", SES_SELECTOR),), "",
@@ -423,7 +435,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("spam", Category.SPAM, "botnet and snowshoe spam, some with SPF/DKIM passing for throwaway domains", spam),
     Scenario("spam_via_ses", Category.SPAM, "spam through an abused Amazon SES account", spam_via_ses),
     Scenario("ceo_fraud", Category.PHISHING, "CEO fraud: header From is the CEO, envelope and Reply-To elsewhere", ceo_fraud),
-    Scenario("ses_forged_brand", Category.PHISHING, "someotpsite.cz forged via an attacker's SES account (DKIM only amazonses.com)", ses_forged_brand),
+    Scenario("ses_forged_brand", Category.PHISHING, "someotpsite.cz and parcelzone.cz forged via an attacker's SES account (DKIM only amazonses.com)", ses_forged_brand),
     Scenario("lookalike_brand", Category.PHISHING, "someotpsite-security.cz look-alike with passing SPF/DKIM/DMARC", lookalike_brand),
     Scenario("lookalike_tenant", Category.PHISHING, "invoice fraud from n0rthwind-traders.cz", lookalike_tenant),
     Scenario("credential_phish", Category.PHISHING, "mailbox-quota credential phishing from throwaway domains", credential_phish),

@@ -212,6 +212,14 @@ def brand_phish(rng: random.Random, domain: str) -> tuple[str, str, str]:
     return subject, text, f'<html><body><p>{subject}.</p><p><a href="{link}">Verify now</a></p></body></html>\n'
 
 
+def parcel_phish(rng: random.Random, domain: str) -> tuple[str, str, str]:
+    n = f"PZ{rng.randrange(10**9, 10**10)}"
+    link = f"https://{domain}/platba/{n}"
+    text = f"Dobrý den,\n\nzásilku {n} nelze doručit: doplaťte clo 49 Kč do 24 hodin: {link}\n\nParcelZone\n"
+    return (f"Zásilka {n}: nutné doplatit clo", text,
+            f'<html><body><p>Zásilku <b>{n}</b> nelze doručit.</p><a href="{link}">Zaplatit</a></body></html>\n')
+
+
 def ceo_fraud(rng: random.Random, ceo: User, to: User) -> tuple[str, str]:
     subject = rng.choice(("Urgentní platba", "Jsi k dispozici?", "Důvěrné – akvizice", "Rychlá laskavost"))
     body = (f"{_first(to)},\n\npotřebuji, abys dnes ještě provedl(a) platbu dodavateli, je to důvěrné. "

@@ -58,6 +58,7 @@ USERS: tuple[User, ...] = (
 MIN_USERS = 3
 
 OTP_FROM = "DoNotReply@someotpsite.cz"
+PARCEL_FROM = "notifikace@parcelzone.cz"
 SES_SELECTOR = "224i4yxa5dv7c2xz3womw6peuasteono"
 
 DNS: dict[str, DomainDns] = {
