@@ -101,6 +101,21 @@ class Workbench:
         return ingest_paths(self.db, [Path(p) for p in paths], dataset=dataset, label=label,
                             **ingest_options)
 
+    def load_demo(self, data: str | Path | None = None, *, jobs: int | None = None) -> pd.DataFrame:
+        """Ingest data/ exactly as `edrules demo` does (sample, demo tenant, quarantine export);
+        idempotent: a second run finds only duplicates. One row per ingest step."""
+        from edrules.demo import STEPS, run_demo
+
+        data = Path(data) if data is not None else repo_data_dir()
+        self.close()
+        steps = tuple(s for s in STEPS if s.name in ("sample", "tenant-ingest", "quarantine"))
+        run = run_demo(self.db, sample=data / "sample", tenant=data / "demo-tenant", rules=data / "rules",
+                       echo=lambda _line: None, jobs=jobs, steps=steps)
+        return pd.DataFrame(
+            [{"step": name, "messages": s.messages, "new": s.messages - s.duplicates,
+              "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors}
+             for name, s in run.summaries])
+
     def sql(self, query: str, params: dict[str, Any] | list | None = None) -> pd.DataFrame:
         """Run read-only SQL against the dataset (tables: messages, recipients, headers, ...;
         view wb_facts adds aligned_auth, forged and network)."""
@@ -174,17 +189,20 @@ class Workbench:
 
     def messages(self, *, header_from: str | None = None, header_from_domain: str | None = None,
                  envelope_domain: str | None = None, label: str | None = None,
-                 provider: str | None = None, pack: PackSource | None = None,
-                 action: str | None = None, limit: int | None = None) -> pd.DataFrame:
-        """Find messages by identity, label or provider; with `pack` (and optionally `action`),
-        only those whose verdict for some recipient is that action."""
+                 provider: str | None = None, message_id: str | None = None,
+                 pack: PackSource | None = None, action: str | None = None,
+                 dataset: str | None = None, limit: int | None = None) -> pd.DataFrame:
+        """Find messages by identity, label, provider or Message-ID; with `pack` (and optionally
+        `action`), only those whose verdict for some recipient is that action. `dataset`
+        overrides the workbench's (e.g. to search the quarantine export)."""
         conds, params = [], {}
         for col, val in (("header_from", header_from), ("header_from_domain", header_from_domain),
                          ("envelope_from_domain", envelope_domain), ("label", label),
-                         ("bulk_provider", provider), ("dataset", self.dataset)):
+                         ("bulk_provider", provider), ("message_id", message_id),
+                         ("dataset", dataset or self.dataset)):
             if val is not None:
                 conds.append(f"f.{col} = ${col}")
-                params[col] = val.lower() if col not in ("label", "dataset") else val
+                params[col] = val.lower() if col in ("header_from", "header_from_domain", "envelope_from_domain") else val
         join = ""
         if pack is not None:
             table = self.verdict_table(pack)
@@ -197,7 +215,8 @@ class Workbench:
         lim = f"LIMIT {int(limit)}" if limit is not None else ""
         return self.con.execute(f"""
             SELECT f.dataset, f.msg_key, f.received_at, f.header_from, f.envelope_from, f.client_ip,
-                   f.spf, f.dmarc, f.bulk_provider, f.label, f.aligned_auth, f.forged, f.subject
+                   f.spf, f.dmarc, f.bulk_provider, f.label, f.aligned_auth, f.forged, f.subject,
+                   f.message_id, f.quarantine_state
             FROM wb_facts f {join} {where}
             ORDER BY f.received_at NULLS LAST, f.msg_key {lim}""", params).df()
 

@@ -213,6 +213,14 @@ def _distinct(values) -> list | None:
     return sorted(vals)
 
 
+def _summarise(entries: tuple[Entry, ...], shown: int = 2) -> str:
+    """The change in a line: the first entries spelled out, the rest counted."""
+    text = "; ".join(describe_entry(e) for e in entries[:shown])
+    if len(entries) > shown:
+        text += f"; ... (+{len(entries) - shown} more)"
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class _Draft:
     kind: CandidateKind
@@ -242,7 +250,7 @@ def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
             )
             new = replace(policy, allow=policy.allow + entries,
                           providers=_provider_defs(policy, providers))
-            drafts.append(_Draft(kind, scope, "; ".join(describe_entry(e) for e in entries), new))
+            drafts.append(_Draft(kind, scope, _summarise(entries), new))
 
     has_provider = targets["bulk_provider"].notna().all()
     if has_provider:
@@ -290,7 +298,7 @@ def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
         )
         change = f"from_policy: {mode.value}"
         if extra:
-            change += "; " + "; ".join(describe_entry(e) for e in extra)
+            change += "; " + _summarise(extra)
         drafts.append(_Draft(kind, Scope(), change,
                              replace(policy, from_policy=mode, allow=policy.allow + extra)))
     return drafts
