@@ -1,0 +1,183 @@
+"""`edrules dns-check`: a correct domain and one domain per problem, from tests/zones/dnscheck.zone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edrules.auth.dnscheck import Severity, check_domain
+from edrules.auth.resolver import ZoneResolver
+from edrules.cli import cli
+from edrules.errors import EdrulesError
+
+ZONE = Path(__file__).parent / "zones" / "dnscheck.zone"
+GATEWAY = {"gateway_mx": ["mx.gateway.example"], "gateway_relays": ["192.0.2.0/28"], "dkim_selectors": ["sel1"]}
+
+
+@pytest.fixture(autouse=True)
+def _no_live_dns(monkeypatch):
+    monkeypatch.setenv("EDRULES_DNS", "offline")
+
+
+@pytest.fixture(scope="module")
+def zone() -> ZoneResolver:
+    return ZoneResolver.from_file(ZONE)
+
+
+# domain -> every finding of severity info or worse (each domain has exactly its one problem)
+TABLE = {
+    "good.example": set(),
+    "edkey.example": set(),
+    "nomx.example": {("error", "mx.missing")},
+    "nullmx.example": {("info", "mx.null")},
+    "bypass.example": {("warning", "mx.bypasses-gateway")},
+    "elsewhere.example": {("error", "mx.not-gateway")},
+    "deadmx.example": {("error", "mx.host-unresolvable"), ("warning", "mx.bypasses-gateway")},
+    "nospf.example": {("error", "spf.missing")},
+    "twospf.example": {("error", "spf.multiple")},
+    "plusall.example": {("error", "spf.plus-all")},
+    "neutral.example": {("warning", "spf.neutral-all")},
+    "noall.example": {("warning", "spf.no-all")},
+    "ptr.example": {("warning", "spf.ptr")},
+    # a syntax error makes the whole record permerror, so the relays are not authorised either
+    "syntax.example": {("error", "spf.syntax"), ("error", "spf.relay-not-authorised")},
+    "badmech.example": {("error", "spf.syntax"), ("error", "spf.relay-not-authorised")},
+    "brokeninclude.example": {("error", "spf.include-broken"), ("warning", "spf.void-lookup")},
+    "lookups.example": {("error", "spf.too-many-lookups")},
+    "void.example": {("error", "spf.void-lookups")},
+    "relayless.example": {("error", "spf.relay-not-authorised")},
+    "nodkim.example": {("error", "dkim.missing")},
+    "weakkey.example": {("error", "dkim.weak-key")},
+    "shortkey.example": {("info", "dkim.short-key")},
+    "revoked.example": {("warning", "dkim.revoked")},
+    "badkey.example": {("error", "dkim.bad-key")},
+    "nodmarc.example": {("error", "dmarc.missing")},
+    "monitor.example": {("warning", "dmarc.monitor-only")},
+    "pct.example": {("warning", "dmarc.partial-pct")},
+    "norua.example": {("warning", "dmarc.no-rua")},
+    "baddmarc.example": {("error", "dmarc.invalid")},
+    "twodmarc.example": {("error", "dmarc.multiple")},
+    "weaksub.example": {("warning", "dmarc.weak-subdomains")},
+    "strict.example": {("info", "dmarc.strict-alignment")},
+    "sub.good.example": {("info", "dmarc.org-fallback")},
+}
+
+
+@pytest.mark.parametrize("domain,expected", sorted(TABLE.items()))
+def test_each_domain_reports_exactly_its_problem(zone, domain, expected):
+    report = check_domain(domain, zone, **GATEWAY)
+    got = {(str(f.severity), f.code) for f in report.findings if f.severity >= Severity.INFO}
+    assert got == expected, [f.message for f in report.findings]
+
+
+def test_the_correct_domain_is_all_ok_with_its_lookup_counts(zone):
+    report = check_domain("good.example", zone, **GATEWAY)
+    assert report.worst is Severity.OK
+    assert report.codes() == {"mx.ok", "spf.ok", "dkim.ok", "dmarc.ok"}
+    assert (report.spf_lookups, report.spf_void_lookups) == (1, 0)
+
+
+def test_lookup_and_void_counts_are_measured(zone):
+    assert check_domain("lookups.example", zone, **GATEWAY).spf_lookups == 12
+    assert check_domain("void.example", zone, **GATEWAY).spf_void_lookups == 3
+
+
+@pytest.mark.parametrize("domain,code,fragment", [
+    ("nomx.example", "mx.missing", "nomx.example. IN MX 10 mx.gateway.example."),
+    ("nospf.example", "spf.missing", '"v=spf1 mx ip4:192.0.2.0/28 -all"'),
+    ("relayless.example", "spf.relay-not-authorised", "ip4:192.0.2.0/28"),
+    ("nodmarc.example", "dmarc.missing", '_dmarc.nodmarc.example. IN TXT "v=DMARC1; p=none; rua=mailto:'),
+    ("nodkim.example", "dkim.missing", "sel1._domainkey.nodkim.example. IN TXT"),
+    ("weakkey.example", "dkim.weak-key", "2048-bit"),
+])
+def test_problems_come_with_a_suggested_record_to_publish(zone, domain, code, fragment):
+    [finding] = [f for f in check_domain(domain, zone, **GATEWAY).findings if f.code == code]
+    assert fragment in (finding.suggestion or "")
+
+
+def test_without_selectors_dkim_is_reported_as_not_checked(zone):
+    report = check_domain("good.example", zone, gateway_relays=["192.0.2.0/28"])
+    assert "dkim.not-checked" in report.codes(Severity.INFO)
+
+
+def test_dns_timeouts_are_findings_not_exceptions():
+    zone = ZoneResolver.from_text("", tempfail=[("slow.example", "*"), ("_dmarc.slow.example", "*")])
+    report = check_domain("slow.example", zone)
+    assert {"mx.dns-error", "spf.dns-error", "dmarc.dns-error"} <= report.codes(Severity.ERROR)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"gateway_relays": ["192.0.2.0/33"]}, "--gateway-relays"),
+    ({"gateway_relays": ["not-an-ip"]}, "--gateway-relays"),
+])
+def test_bad_arguments_are_edrules_errors_naming_the_option(zone, kwargs, field):
+    with pytest.raises(EdrulesError) as err:
+        check_domain("good.example", zone, **kwargs)
+    assert err.value.location.field == field
+
+
+def test_a_bare_word_is_not_a_domain(zone):
+    with pytest.raises(EdrulesError, match="not a domain"):
+        check_domain("localhost", zone)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, ["dns-check", *args], catch_exceptions=False)
+
+
+def test_cli_prints_a_table_and_exits_zero_for_the_correct_domain():
+    result = _run("good.example", "--zone", str(ZONE), "--gateway-mx", "mx.gateway.example",
+                  "--gateway-relays", "192.0.2.0/28", "--dkim-selector", "sel1")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "good.example: ok"
+    assert "spf" in result.output and "dmarc" in result.output
+
+
+def test_cli_exits_one_and_shows_the_record_to_publish_when_something_is_wrong():
+    result = _run("nodmarc.example", "--zone", str(ZONE))
+    assert result.exit_code == 1
+    assert "ERROR dmarc" in result.output and "publish: _dmarc.nodmarc.example." in result.output
+
+
+def test_cli_json_output_lists_findings_with_severity_and_suggestion():
+    result = _run("relayless.example", "--zone", str(ZONE), "--gateway-relays", "192.0.2.0/28,2001:db8::/64",
+                  "--json")
+    data = json.loads(result.output)
+    assert data["domain"] == "relayless.example" and data["worst"] == "error"
+    relays = [f for f in data["findings"] if f["code"] == "spf.relay-not-authorised"]
+    assert {f["suggestion"] for f in relays} == {"add ip4:192.0.2.0/28 before the 'all' term",
+                                                 "add ip6:2001:db8::/64 before the 'all' term"}
+
+
+def test_cli_reports_a_bad_zone_file_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.zone"
+    bad.write_text("$ORIGIN x.example.\n@ IN MX ten mx.x.example.\n")
+    with pytest.raises(EdrulesError) as err:
+        _run("x.example", "--zone", str(bad))
+    assert str(err.value).endswith(f"{bad}:2")
+
+
+def test_cli_without_a_zone_uses_live_dns_which_tests_forbid():
+    with pytest.raises(EdrulesError, match="EDRULES_DNS=offline"):
+        _run("good.example")
+
+
+def test_the_installed_edrules_command_returns_the_exit_codes(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "edrules.cli", "dns-check", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    assert run("good.example", "--zone", str(ZONE), "--gateway-relays", "192.0.2.0/28").returncode == 0
+    assert run("nospf.example", "--zone", str(ZONE)).returncode == 1
+    bad = run("good.example", "--zone", str(tmp_path / "absent.zone"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read zone file")
+    assert "Traceback" not in bad.stderr
