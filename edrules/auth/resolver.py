@@ -6,6 +6,7 @@ import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 
@@ -81,9 +82,15 @@ def txt_to_bytes(value: str) -> bytes:
 def _check_name(name: str, rdtype: str) -> str:
     """Canonical lookup key (escaped presentation form, lower case) or PermError."""
     try:
-        return dns.name.from_text(name.strip()).to_text(omit_final_dot=True).lower()
+        return _canonical(name)
     except (dns.exception.DNSException, UnicodeError) as exc:
         raise PermError(name, rdtype, f"invalid DNS name: {exc}") from None
+
+
+@lru_cache(maxsize=65536)
+def _canonical(name: str) -> str:
+    # Cached: name parsing is the zone resolver's main cost and SPF asks the same names often.
+    return dns.name.from_text(name.strip()).to_text(omit_final_dot=True).lower()
 
 
 def reverse_name(ip: str) -> str:
