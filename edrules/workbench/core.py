@@ -175,6 +175,24 @@ class Workbench:
                               before_name=b.name, after_name=a.name,
                               include_rule_changes=include_rule_changes)
 
+    def compare(self, before: PackSource, afters: Iterable[PackSource]) -> pd.DataFrame:
+        """One row per candidate pack: what it newly delivers (by label, forged or not) and
+        newly stops, relative to `before`."""
+        rows = []
+        for after in afters:
+            diff = self.whatif(before, after)
+            nd = diff.newly_delivered
+            label = nd["label"].fillna("(none)")
+            rows.append({
+                "pack": diff.after, "changed": diff.changed, "newly_delivered": len(nd),
+                "ham_authenticated": int(((label == "ham") & ~nd["forged"]).sum()),
+                "ham_forged": int(((label == "ham") & nd["forged"]).sum()),
+                "spam": int((label == "spam").sum()), "phishing": int((label == "phishing").sum()),
+                "malware": int((label == "malware").sum()), "unlabelled": int((label == "(none)").sum()),
+                "forged": int(nd["forged"].sum()), "stopped": len(diff.newly_stopped),
+            })
+        return pd.DataFrame(rows)
+
     def exposure(self, pack: PackSource) -> pd.DataFrame:
         """Per allow entry: what it delivered and how much of it was suspect (exposure.py)."""
         policy = self.pack(pack)

@@ -119,6 +119,10 @@ class Suggestions:
         """1-based rank of a candidate kind/scope."""
         return self.candidates.index(self.find(kind, scope)) + 1
 
+    def per_kind(self) -> pd.DataFrame:
+        """The best-ranked candidate of each kind: the overview a reader compares."""
+        return self.table.drop_duplicates("kind").reset_index(drop=True)
+
     @property
     def table(self) -> pd.DataFrame:
         rows = []

@@ -1,0 +1,184 @@
+"""Figures a reader takes in at a glance; each takes workbench results and returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from edrules.workbench.whatif import WhatIf
+
+# One meaning, one colour, in every figure: green is wanted mail, red is what an attacker sent.
+COLORS = {
+    "deliver": "#4c9a5a", "tag": "#8fbf7f", "quarantine": "#e08a2c", "reject": "#b33a3a",
+    "ham": "#4c9a5a", "spam": "#e08a2c", "phishing": "#b33a3a", "malware": "#6b3fa0",
+    "(none)": "#9a9a9a", "forged": "#b33a3a", "aligned": "#4c9a5a", "targets": "#2f6db3",
+}
+_ORDER = ("deliver", "tag", "quarantine", "reject", "ham", "spam", "phishing", "malware", "(none)")
+
+
+def _style(ax, title: str, xlabel: str | None = None, ylabel: str | None = None) -> None:
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(axis="x" if ax.get_xlabel() and not ylabel else "y", alpha=0.3)
+
+
+def _keys(values) -> list[str]:
+    present = list(dict.fromkeys(values))
+    return [k for k in _ORDER if k in present] + sorted(k for k in present if k not in _ORDER)
+
+
+def plot_volume(volume: pd.DataFrame, title: str = "Recipient rows per day") -> Figure:
+    """Stacked bars per time bucket from Workbench.volume() (by verdict action or by label)."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    wide = volume.pivot_table(index="bucket", columns="key", values="recipients", aggfunc="sum", fill_value=0)
+    wide = wide[_keys(wide.columns)]
+    bottom = None
+    for key in wide.columns:
+        ax.bar(wide.index, wide[key], bottom=bottom, width=0.8, label=key, color=COLORS.get(key, None))
+        bottom = wide[key] if bottom is None else bottom + wide[key]
+    ax.legend(frameon=False, ncol=len(wide.columns), loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    _style(ax, title, ylabel="recipients")
+    fig.tight_layout()
+    return fig
+
+
+def plot_transitions(diff: WhatIf, title: str | None = None) -> Figure:
+    """What a what-if changes: recipient rows per transition and label, forged part in red hatch."""
+    s = diff.summary
+    fig, ax = plt.subplots(figsize=(9, 1.8 + 0.45 * max(1, s[["transition", "label"]].drop_duplicates().shape[0])))
+    title = title or f"What-if {diff.before} → {diff.after}"
+    if s.empty:
+        ax.text(0.5, 0.5, "no verdict changes", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+        return fig
+    g = s.groupby(["transition", "label", "forged"])["recipients"].sum().unstack("forged", fill_value=0)
+    for col in (False, True):
+        if col not in g.columns:
+            g[col] = 0
+    g = g.sort_index(ascending=False)
+    labels = [f"{t}  ·  {lab}" for t, lab in g.index]
+    y = range(len(g))
+    ax.barh(y, g[False], color=[COLORS.get(lab, "#9a9a9a") for _, lab in g.index])
+    # The solid part takes its label's colour, so its legend key is a neutral stand-in.
+    ax.barh([0], [0], color="#9a9a9a", label="From authenticated (colour: label)")
+    ax.barh(y, g[True], left=g[False], color="white", edgecolor=COLORS["forged"], hatch="///",
+            label="forged From")
+    for i, (a, b) in enumerate(zip(g[False], g[True])):
+        ax.text(a + b, i, f"  {a + b}" + (f" ({b} forged)" if b else ""), va="center", fontsize=8)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.margins(x=0.15)
+    _style(ax, title, xlabel="changed recipient rows")
+    _legend(ax)
+    return fig
+
+
+def plot_auth_by_provider(auth: pd.DataFrame, title: str = "Authentication by sending network") -> Figure:
+    """Per provider (Workbench.auth_by_provider()): messages, aligned-authenticated, forged."""
+    a = auth.sort_values("messages")
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.42 * len(a)))
+    y = range(len(a))
+    ax.barh(y, a["messages"], color="#d9d9d9", label="messages")
+    ax.barh([i + 0.2 for i in y], a["aligned"], height=0.3, color=COLORS["aligned"], label="aligned SPF/DKIM/DMARC")
+    ax.barh([i - 0.2 for i in y], a["forged"], height=0.3, color=COLORS["forged"], label="forged From")
+    ax.set_yticks(list(y), a["provider"], fontsize=8)
+    _style(ax, title, xlabel="messages")
+    _legend(ax)
+    return fig
+
+
+def plot_top_senders(top: pd.DataFrame, title: str = "Top sender domains") -> Figure:
+    t = top.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.38 * len(t)))
+    y = range(len(t))
+    ax.barh(y, t["messages"], color="#d9d9d9", label="messages")
+    ax.barh(y, t["bad_label"], color=COLORS["spam"], height=0.45, label="labelled spam/phishing/malware")
+    ax.set_yticks(list(y), t["sender"], fontsize=8)
+    _style(ax, title, xlabel="messages")
+    _legend(ax)
+    return fig
+
+
+def _legend(ax, ncol: int = 4) -> None:
+    # At the foot of the figure: inside the axes it would sit on the longest bar.
+    fig = ax.figure
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=8, ncol=ncol, loc="lower left",
+               bbox_to_anchor=(0.01, 0.0))
+    fig.tight_layout(rect=(0, 0.32 / fig.get_figheight(), 1, 1))
+
+
+def plot_suggestions(suggestions, title: str | None = None) -> Figure:
+    """Blast radius of the best candidate of each kind, in rank order: the chosen mail it
+    delivers versus everything else it would let in."""
+    t = suggestions.per_kind().iloc[::-1]
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.42 * len(t)))
+    y = list(range(len(t)))
+    safe_other = t["new_other"] - t["new_spam"] - t["new_phishing"] - t["new_malware"]
+    parts = (("delivers chosen", t["delivers"], COLORS["targets"]),
+             ("other ham / unlabelled", safe_other, COLORS["ham"]),
+             ("spam", t["new_spam"], COLORS["spam"]),
+             ("phishing / malware", t["new_phishing"] + t["new_malware"], COLORS["phishing"]))
+    left = pd.Series(0, index=t.index)
+    for label, vals, color in parts:
+        ax.barh(y, vals, left=left, color=color, label=label)
+        left = left + vals
+    for i, (_, row) in enumerate(t.iterrows()):
+        flag = (f"{row['new_forged']} forged" if not row["safe"]
+                else "safe" if row["durable"] else "safe, but one-off")
+        ax.text(left.iloc[i], i, f"  {flag}", va="center", fontsize=7,
+                color="#333333" if row["safe"] else COLORS["forged"])
+    names = [f"{r['rank']}. {r['kind']} [{_short_scope(r['scope'])}]" for _, r in t.iterrows()]
+    ax.set_yticks(y, names, fontsize=8)
+    _style(ax, title or "Candidate fixes (best scope of each kind), narrowest safe first",
+           xlabel="recipient rows newly delivered")
+    _legend(ax)
+    return fig
+
+
+def _short_scope(scope: str) -> str:
+    return scope.split("@")[0] + "@…" if scope.startswith("user:") else scope
+
+
+def plot_policy_comparison(table: pd.DataFrame, title: str = "Newly delivered versus the deployed pack") -> Figure:
+    """Grouped bars from Workbench.compare(): per candidate, what it newly delivers by label and forged."""
+    cols = [("ham_authenticated", "ham, From authenticated", COLORS["ham"]),
+            ("ham_forged", "ham, forged From", "#a7d3a0"),
+            ("spam", "spam", COLORS["spam"]),
+            ("phishing", "phishing", COLORS["phishing"]),
+            ("stopped", "newly stopped", "#555555")]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(cols)
+    x = range(len(table))
+    for j, (col, label, color) in enumerate(cols):
+        xs = [i - 0.4 + width * (j + 0.5) for i in x]
+        ax.bar(xs, table[col], width=width, color=color, label=label)
+        for xi, v in zip(xs, table[col]):
+            if v:
+                ax.text(xi, v, str(int(v)), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(x), table["pack"], fontsize=8)
+    ax.legend(frameon=False, fontsize=8, ncol=3)
+    _style(ax, title, ylabel="recipient rows")
+    fig.tight_layout()
+    return fig
+
+
+def plot_exposure(exposure: pd.DataFrame, title: str = "Forgery exposure of allow entries") -> Figure:
+    e = exposure.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * len(e)))
+    y = list(range(len(e)))
+    ax.barh(y, e["messages"], color="#d9d9d9", label="delivered by the entry")
+    ax.barh([i + 0.2 for i in y], e["unaligned"], height=0.25, color=COLORS["spam"], label="not aligned-authenticated")
+    ax.barh([i - 0.05 for i in y], e["forged"], height=0.25, color=COLORS["forged"], label="forged From")
+    ax.barh([i - 0.3 for i in y], e["unusual_network"], height=0.25, color="#6b3fa0", label="unusual network")
+    ax.set_yticks(y, [f"{r.entry_id}" for r in e.itertuples()], fontsize=8)
+    _style(ax, title, xlabel="messages")
+    _legend(ax)
+    return fig
