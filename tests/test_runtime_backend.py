@@ -182,6 +182,27 @@ def test_relaxed_still_treats_a_dmarc_fail_under_p_reject_as_forgery_and_ignores
     assert one("from_policy: relaxed", facts(**{**SES, "spf": None}, dmarc="fail", dmarc_policy="none"))[1] == "clean"
 
 
+def test_a_dmarc_fail_under_an_enforcing_policy_is_a_forgery_in_every_mode():
+    f = facts(dmarc="fail", dmarc_policy="quarantine")  # From and envelope share the organisation
+    for mode in ("strict", "aligned", "relaxed"):
+        assert one(f"from_policy: {mode}", f) == ("quarantine", "forgery", f"from_policy:{mode}")
+    assert one("name: t", facts(dmarc="fail", dmarc_policy="none"))[1] == "clean"
+
+
+def test_an_allow_entry_on_the_envelope_does_not_deliver_a_message_its_organisation_disowned():
+    f = facts(dmarc="fail", dmarc_policy="reject", spf="pass")
+    for mode in ("strict", "aligned", "relaxed"):
+        rules = f"from_policy: {mode}\nallow: [{{sender: bounce@brand.example}}, {{domain: brand.example}}]"
+        assert one(rules, f)[1] == "forgery"
+
+
+def test_an_allow_entry_on_another_organisations_envelope_survives_a_dmarc_fail():
+    # A mailing list re-sending a p=reject author: allowing the list is a local override.
+    f = facts("author@strict.example", "owner@lists.example", dmarc="fail", dmarc_policy="reject")
+    assert one("allow: [{domain: lists.example}]", f) == ("deliver", "allow", "allow[0]")
+    assert one("name: t", f)[1] == "forgery"
+
+
 def test_an_invalid_from_is_a_forgery_in_every_mode():
     for mode in ("strict", "aligned", "relaxed"):
         f = facts(from_invalid=True, dmarc="pass")

@@ -180,6 +180,7 @@ class _Msg:
     env_domain: str | None
     env_org: str | None
     header_ok: bool
+    env_ok: bool  # the envelope does not claim the organisation DMARC says disowned this message
     spf_pass: bool
     spf_aligned: bool
     dkim_aligned: str | None  # the aligned passing d=, if any
@@ -253,6 +254,7 @@ class RuntimeEvaluator:
         hfo = f.header_from_org
         dmarc_enforced_fail = f.dmarc == "fail" and f.dmarc_policy in _DMARC_ENFORCING
         header_ok = not f.from_invalid and not dmarc_enforced_fail
+        env_ok = not (dmarc_enforced_fail and env_org is not None and env_org == hfo)
         spf_pass = f.spf == "pass"
         spf_aligned = spf_pass and env_org is not None and env_org == hfo
         dkim_pass: list[str] = []
@@ -270,6 +272,11 @@ class RuntimeEvaluator:
                 f"the From header is missing, repeated or holds several mailboxes "
                 f"under the {mode} From-policy"
             )
+        elif dmarc_enforced_fail:
+            forgery, why = True, (
+                f"DMARC failed for header From {hfo}, whose owner publishes p={f.dmarc_policy}, "
+                f"under the {mode} From-policy"
+            )
         elif mode is _STRICT:
             forgery = hfo is not None and env_org is not None and hfo != env_org
             sender = "the HELO name" if f.envelope_from == "" else "the envelope sender"
@@ -282,13 +289,9 @@ class RuntimeEvaluator:
                 f"no passing DKIM signature of {hfo}) under the aligned From-policy"
             )
         else:
-            forgery = dmarc_enforced_fail
-            why = (
-                f"DMARC failed for header From {hfo}, whose owner publishes p={f.dmarc_policy}, "
-                f"under the relaxed From-policy"
-            )
+            forgery, why = False, ""
         return _Msg(
-            f, env_domain, env_org, header_ok, spf_pass, spf_aligned, dkim_aligned,
+            f, env_domain, env_org, header_ok, env_ok, spf_pass, spf_aligned, dkim_aligned,
             aligned_auth, forgery, why, tuple(dkim_pass), ip_to_int(f.client_ip),
         )
 
@@ -371,6 +374,8 @@ class RuntimeEvaluator:
         f = m.f
         if f.from_invalid:
             return "from_invalid"
+        if not m.header_ok:
+            return f"dmarc={f.dmarc} p={f.dmarc_policy}"
         if self._mode is _STRICT:
             return f"header_from_org={f.header_from_org} env_org={m.env_org}"
         if self._mode is _ALIGNED:
@@ -462,11 +467,11 @@ class RuntimeEvaluator:
         if not allow:
             use_env, use_header = True, True
         elif mode is _STRICT:
-            use_env, use_header = True, False
+            use_env, use_header = m.env_ok, False
         elif mode is _ALIGNED:
-            use_env, use_header = m.spf_pass, m.header_ok and m.aligned_auth
+            use_env, use_header = m.spf_pass and m.env_ok, m.header_ok and m.aligned_auth
         else:
-            use_env, use_header = True, m.header_ok
+            use_env, use_header = m.env_ok, m.header_ok
         if use_env:
             if f.envelope_from:
                 senders.append(("envelope sender", f.envelope_from))
