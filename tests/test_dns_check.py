@@ -88,7 +88,11 @@ def test_lookup_and_void_counts_are_measured(zone):
 @pytest.mark.parametrize("domain,code,fragment", [
     ("nomx.example", "mx.missing", "nomx.example. IN MX 10 mx.gateway.example."),
     ("nospf.example", "spf.missing", '"v=spf1 mx ip4:192.0.2.0/28 -all"'),
-    ("relayless.example", "spf.relay-not-authorised", "ip4:192.0.2.0/28"),
+    ("relayless.example", "spf.relay-not-authorised",
+     'relayless.example. IN TXT "v=spf1 ip4:203.0.113.0/24 ip4:192.0.2.0/28 -all"'),
+    ("plusall.example", "spf.plus-all", 'plusall.example. IN TXT "v=spf1 ip4:192.0.2.0/28 -all"'),
+    ("neutral.example", "spf.neutral-all", 'neutral.example. IN TXT "v=spf1 ip4:192.0.2.0/28 -all"'),
+    ("noall.example", "spf.no-all", 'noall.example. IN TXT "v=spf1 ip4:192.0.2.0/28 -all"'),
     ("nodmarc.example", "dmarc.missing", '_dmarc.nodmarc.example. IN TXT "v=DMARC1; p=none; rua=mailto:'),
     ("nodkim.example", "dkim.missing", "sel1._domainkey.nodkim.example. IN TXT"),
     ("weakkey.example", "dkim.weak-key", "2048-bit"),
@@ -151,8 +155,10 @@ def test_cli_json_output_lists_findings_with_severity_and_suggestion():
     data = json.loads(result.output)
     assert data["domain"] == "relayless.example" and data["worst"] == "error"
     relays = [f for f in data["findings"] if f["code"] == "spf.relay-not-authorised"]
-    assert {f["suggestion"] for f in relays} == {"add ip4:192.0.2.0/28 before the 'all' term",
-                                                 "add ip6:2001:db8::/64 before the 'all' term"}
+    assert len(relays) == 2 and {f["severity"] for f in relays} == {"error"}
+    # one corrected record authorises both relays
+    assert {f["suggestion"] for f in relays} == {
+        'relayless.example. IN TXT "v=spf1 ip4:203.0.113.0/24 ip4:192.0.2.0/28 ip6:2001:db8::/64 -all"'}
 
 
 def test_cli_reports_a_bad_zone_file_with_file_and_line(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Iterable
 
@@ -265,6 +265,16 @@ def _spf_suggestion(domain: str, relays: list) -> str:
     return f'{domain}. IN TXT "v=spf1 mx {ips + " " if ips else ""}-all"'
 
 
+def _rewrite_spf(domain: str, text: str, add: list[str] = (), all_term: str | None = None) -> str:
+    """The record to publish: `text` with `add` terms before its 'all' (and that 'all' replaced)."""
+    terms = text.split()[1:]
+    alls = [t for t in terms if re.fullmatch(r"(?i)[+\-~?]?all", t)]
+    body = [t for t in terms if t not in alls]
+    body += [a for a in add if a.lower() not in {t.lower() for t in body}]
+    final = all_term or (alls[0] if alls else ("" if any(t.lower().startswith("redirect=") for t in body) else "-all"))
+    return f'{domain}. IN TXT "' + " ".join(["v=spf1", *body, *([final] if final else [])]) + '"'
+
+
 def _check_spf(domain: str, resolver: Resolver, relays: list) -> tuple[list[Finding], int | None, int | None]:
     walk = _SpfWalk(resolver)
     text, problem = walk.record(domain)
@@ -286,15 +296,24 @@ def _check_spf(domain: str, resolver: Resolver, relays: list) -> tuple[list[Find
     elif walk.void:
         out.append(Finding(Area.SPF, Severity.WARNING, "spf.void-lookup",
                            f"{walk.void} term(s) point at names without records"))
+    missing = []
     for net in relays:
         probe = str(next(iter(net.hosts()), net.network_address)) if net.num_addresses > 1 else str(net.network_address)
         outcome = check_spf(probe, f"mail.{domain}", f"postmaster@{domain}", resolver)
         if outcome.result != "pass":
-            out.append(Finding(Area.SPF, Severity.ERROR, "spf.relay-not-authorised",
-                               f"gateway relay {net} ({probe}) gets spf={outcome.result}: outbound mail via the gateway fails SPF",
-                               f"add ip{net.version}:{net.with_prefixlen} before the 'all' term"))
+            missing.append((net, probe, outcome.result))
+    # One corrected record fixes every record-level finding at once: suggest that record.
+    all_codes = {"spf.plus-all", "spf.neutral-all", "spf.no-all"}
+    bad_all = any(f.code in all_codes for f in out) and "redirect=" not in text.lower()
+    fixed = _rewrite_spf(domain, text, add=[f"ip{n.version}:{n.with_prefixlen}" for n, _p, _r in missing],
+                         all_term="-all" if bad_all else None)
+    for net, probe, result in missing:
+        out.append(Finding(Area.SPF, Severity.ERROR, "spf.relay-not-authorised",
+                           f"gateway relay {net} ({probe}) gets spf={result}: outbound mail via the gateway fails SPF",
+                           fixed))
+    out = [replace(f, suggestion=fixed) if f.code in all_codes and bad_all else f for f in out]
     if not any(f.severity >= Severity.WARNING for f in out):
-        out.append(Finding(Area.SPF, Severity.OK, "spf.ok", f"SPF: {text} ({walk.lookups} lookups)"))
+        out.append(Finding(Area.SPF, Severity.OK, "spf.ok", f"SPF: {text} ({walk.lookups} DNS-querying terms)"))
     return out, walk.lookups, walk.void
 
 
