@@ -8,15 +8,23 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.charset import QP, Charset
+from email.header import Header
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, getaddresses
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import HASH_ALGORITHMS, parse_pem_private_key
 
-# LF line ends, as maildir and .eml exports store mail; 78-column folding like real MUAs.
-_POLICY = policy.SMTP.clone(linesep="\n", max_line_length=78)
+# LF line ends, as maildir and .eml exports store mail. compat32 with headers encoded here is
+# several times faster than the default policy's header registry, which matters at ~500 messages.
+_POLICY = policy.compat32.clone(linesep="\n")
+_ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender"})
+_QP = Charset("utf-8")
+_QP.body_encoding = QP
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,28 +46,43 @@ class Content:
 
 
 def build(content: Content, sent: datetime, tz_minutes: int, message_id: str, boundary: str) -> bytes:
-    msg = EmailMessage(policy=_POLICY)
     local = sent.astimezone(timezone(timedelta(minutes=tz_minutes)))
-    for name, value in content.headers:
-        msg[name] = value
-    msg["Date"] = format_datetime(local)
-    msg["Message-ID"] = message_id
-    msg["MIME-Version"] = "1.0"
-    msg.set_content(content.text, cte=_cte(content.text))
+    lines = [f"{name}: {encode_header(name, value)}" for name, value in content.headers]
+    lines += [f"Date: {format_datetime(local)}", f"Message-ID: {message_id}"]
+    body = _text_part(content.text, "plain")
     if content.html is not None:
-        msg.add_alternative(content.html, subtype="html", cte=_cte(content.html))
+        body = _multipart("alternative", [body, _text_part(content.html, "html")], boundary + "1")
     if content.attachment is not None:
         a = content.attachment
-        msg.add_attachment(a.content, maintype=a.maintype, subtype=a.subtype, filename=a.filename)
-    # EmailMessage picks random boundaries; fixed ones keep the output reproducible.
-    for i, part in enumerate(msg.walk()):
-        if part.is_multipart():
-            part.set_boundary(f"{boundary}{i}")
-    return msg.as_bytes(policy=_POLICY)
+        att = MIMEApplication(a.content, a.subtype, policy=_POLICY) if a.maintype == "application" else None
+        if att is None:
+            raise ValueError(f"unsupported attachment type {a.maintype}/{a.subtype}")
+        att.add_header("Content-Disposition", "attachment", filename=a.filename)
+        att.set_param("name", a.filename)
+        body = _multipart("mixed", [body, att], boundary + "0")
+    if "MIME-Version" not in body:
+        body["MIME-Version"] = "1.0"
+    return ("\n".join(lines) + "\n").encode("ascii") + body.as_bytes(policy=_POLICY)
 
 
-def _cte(text: str) -> str:
-    return "7bit" if text.isascii() else "quoted-printable"
+def encode_header(name: str, value: str) -> str:
+    """RFC 2047-encode what is not ASCII: display names in address fields, else the whole value."""
+    if value.isascii():
+        return value
+    if name.lower() in _ADDRESS_HEADERS:
+        return ", ".join(
+            formataddr((n, a), charset="utf-8") if n else f"<{a}>" for n, a in getaddresses([value])
+        )
+    return Header(value, "utf-8", header_name=name).encode()
+
+
+def _text_part(text: str, subtype: str) -> MIMEText:
+    return MIMEText(text, subtype, "us-ascii" if text.isascii() else _QP, policy=_POLICY)
+
+
+def _multipart(subtype: str, parts: list, boundary: str) -> MIMEMultipart:
+    # fixed boundaries: email picks random ones, which would make every run differ
+    return MIMEMultipart(subtype, boundary=boundary, _subparts=parts, policy=_POLICY)
 
 
 def zip_bytes(name: str, payload: bytes, when: datetime) -> bytes:

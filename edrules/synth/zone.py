@@ -53,7 +53,7 @@ class Zone:
         lines = [*(f"; {h}" if h else ";" for h in header.splitlines()), "$TTL 3600", ""]
         for origin in sorted(blocks, key=_origin_sort_key):
             lines.append(f"$ORIGIN {origin}.")
-            for name, rtype, value in sorted(blocks[origin], key=lambda r: (_rel(r[0], origin), r[1])):
+            for name, rtype, value in sorted(blocks[origin], key=lambda r: (r[0] != origin, _rel(r[0], origin), r[1])):
                 owner = _rel(name, origin)
                 lines.append(f"{owner:<40} IN {rtype:<5} {_rdata(rtype, value)}")
             lines.append("")
