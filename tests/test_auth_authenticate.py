@@ -132,3 +132,16 @@ def test_an_authserv_id_that_is_not_a_host_name_is_refused(zone):
     r = authenticate(_message(), "192.0.2.10", "h", "a@bank.example", zone)
     with pytest.raises(EdrulesError, match="authserv-id"):
         format_authentication_results("bad id; spf=pass", r)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.binary(max_size=300), sender=st.text(max_size=40))
+def test_authenticate_never_raises_on_hostile_messages(zone, head, sender):
+    for message in (head, b"From: " + head + b"\r\nARC-Seal: i=1; " + head + b"\r\n\r\nbody"):
+        r = authenticate(message, "192.0.2.10", "h.example", sender, zone)
+        assert r.dmarc.result in set(AuthResult)
+        format_authentication_results("mx.gateway.example", r)

@@ -173,3 +173,22 @@ def test_pct_samples_failing_mail_and_downgrades_the_rest_one_step(zone, draw, a
 def test_zero_or_several_from_mailboxes_fail(zone, from_domains, reason):
     outcome = evaluate_dmarc(from_domains, "pass", "example.com", [("example.com", "pass")], zone)
     assert outcome.result is AuthResult.FAIL and reason in outcome.reason
+
+
+def test_evaluate_accepts_the_dkim_outcomes_verify_dkim_returns(zone):
+    from edrules.auth.dkim import DkimOutcome
+
+    sigs = [DkimOutcome("mail.example.com", "s1", AuthResult.PASS, "signature verified")]
+    assert evaluate_dmarc(["example.com"], "fail", None, sigs, zone).result is AuthResult.PASS
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_record_parsing_never_raises_on_hostile_text(text):
+    rec = parse_dmarc_record("v=DMARC1; " + text, "example.com")
+    assert rec.status in set(RecordStatus)
+    assert parse_dmarc_record(text, "example.com").status in set(RecordStatus)

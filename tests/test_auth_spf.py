@@ -187,3 +187,13 @@ def test_null_sender_is_checked_against_the_helo_identity(zone):
 
 def test_an_unparsable_client_ip_is_a_permerror_not_a_traceback(zone):
     assert check_spf("not-an-ip", "h", "a@example.com", zone).result is AuthResult.PERMERROR
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sender=st.text(max_size=80), helo=st.text(max_size=80), ip=st.sampled_from(["192.0.2.1", "2001:db8::1", "300.1.1.1", ""]))
+def test_check_spf_never_raises_on_hostile_identities(zone, sender, helo, ip):
+    assert check_spf(ip, helo, sender, zone).result in set(AuthResult)

@@ -8,7 +8,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 from edrules.auth.arc import ArcOutcome, verify_arc
-from edrules.auth.dkim import DkimOutcome, verify_dkim
+from edrules.auth.dkim import DkimOutcome, header_end, verify_dkim
 from edrules.auth.dmarc import DmarcOutcome, evaluate_dmarc
 from edrules.auth.resolver import Resolver, default_resolver
 from edrules.auth.spf import SpfOutcome, check_spf
@@ -78,16 +78,8 @@ def authenticate(
     sender = (envelope_from or "").strip().strip("<>")
     spf = check_spf(ip, helo, sender, r)
     dkim = tuple(verify_dkim(message, r))
-    arc = verify_arc(message, r) if b"arc-seal:" in message[: _header_end(message)].lower() else None
+    arc = verify_arc(message, r) if b"arc-seal" in message[: header_end(message)].lower() else None
     mailboxes = from_domains(message)
     domains = [a.rpartition("@")[2] if "@" in a else None for a in mailboxes]
     dmarc = evaluate_dmarc(domains, spf.result, spf.domain, [(o.d, o.result) for o in dkim], r)
     return AuthResults(ip, helo, sender, mailboxes, spf, dkim, dmarc, arc)
-
-
-def _header_end(message: bytes) -> int:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = message.find(sep)
-        if i >= 0:
-            return i
-    return len(message)

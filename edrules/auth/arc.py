@@ -53,8 +53,9 @@ def verify_arc(message: bytes, resolver: Resolver) -> ArcOutcome:
         # RFC 8617 registers only none/pass/fail for arc; an unreachable key fails the chain
         # for now, and the reason says it was temporary so a caller may retry.
         return ArcOutcome(AuthResult.FAIL, 0, f"temporary DNS error: {exc}")
-    except dkimpy.DKIMException as exc:
-        return ArcOutcome(AuthResult.FAIL, 0, str(exc))
+    except (dkimpy.DKIMException, IndexError) as exc:
+        # IndexError: dkimpy's parser on a header block that starts with a continuation line
+        return ArcOutcome(AuthResult.FAIL, 0, f"unparsable ARC chain: {exc}")
     instances = max((r.get("instance", 0) for r in results), default=0)
     sealer = results[0].get("as-domain").decode() if results and results[0].get("as-domain") else None
     oldest = None

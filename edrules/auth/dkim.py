@@ -124,13 +124,22 @@ def _tag(sig: dict, name: bytes) -> str | None:
 
 def verify_dkim(message: bytes, resolver: Resolver) -> list[DkimOutcome]:
     """Verify every DKIM-Signature, top to bottom. A message without any gives []."""
+    if b"dkim-signature" not in message[:header_end(message)].lower():
+        return []  # cheap exit, and unsigned mail with a broken header block is not a DKIM error
     try:
         d = dkimpy.DKIM(message, logger=_quiet, minkey=MIN_RSA_BITS)
-    except dkimpy.MessageFormatError as exc:
-        return [DkimOutcome(None, None, AuthResult.PERMERROR, f"unparsable message: {exc}")]
+    except (dkimpy.MessageFormatError, IndexError) as exc:
+        # IndexError: dkimpy's parser on a header block that starts with a continuation line
+        return [DkimOutcome(None, None, AuthResult.PERMERROR, f"unparsable message header: {exc}")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
     dnsfunc = _dnsfunc(resolver)
     return [_verify_one(d, idx, dnsfunc) for idx in range(count)]
+
+
+def header_end(message: bytes) -> int:
+    """Offset of the blank line ending the header block (CRLF or LF), or len(message)."""
+    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    return min(ends) if ends else len(message)
 
 
 def _verify_one(d: dkimpy.DKIM, idx: int, dnsfunc) -> DkimOutcome:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver
 from edrules.domains import normalize_domain, org_domain
 from edrules.facts import AuthResult
+
+if TYPE_CHECKING:
+    from edrules.auth.dkim import DkimOutcome
 
 
 class Policy(StrEnum):
@@ -200,7 +203,7 @@ def evaluate_dmarc(
     from_domains: Sequence[str | None] | str | None,
     spf_result: AuthResult | str | None,
     spf_domain: str | None,
-    dkim: Iterable[tuple[str | None, AuthResult | str]],
+    dkim: Iterable[tuple[str | None, AuthResult | str]] | Iterable["DkimOutcome"],
     resolver: Resolver,
     *,
     record: DmarcRecord | None = None,
@@ -211,7 +214,8 @@ def evaluate_dmarc(
     from_domains: the domain of every RFC5322.From mailbox (one per mailbox, all headers);
     zero or several mailboxes is a fail (RFC 7489 6.6.1: such mail is not DMARC-evaluable and
     is treated as hostile, as edrules' `from_invalid` fact). spf_domain is the domain SPF
-    checked (MAIL FROM, or HELO for a null sender). dkim: (d=, result) per signature.
+    checked (MAIL FROM, or HELO for a null sender). dkim: (d=, result) per signature, or the
+    DkimOutcome list verify_dkim returned.
     `record` skips the DNS lookup; `sample` draws in [0, 1) for pct.
     """
     if isinstance(from_domains, str) or from_domains is None:
@@ -229,7 +233,8 @@ def evaluate_dmarc(
         return DmarcOutcome(AuthResult(rec.status.value), None, domain, record=rec,
                             reason="; ".join(rec.errors))
     spf_ok = str(spf_result) == "pass" and aligned(spf_domain, domain, rec.aspf)
-    dkim_ok = any(str(r) == "pass" and aligned(d, domain, rec.adkim) for d, r in dkim)
+    sigs = [(x.d, x.result) if hasattr(x, "result") else x for x in dkim]
+    dkim_ok = any(str(r) == "pass" and aligned(d, domain, rec.adkim) for d, r in sigs)
     published = rec.policy_for(domain)
     if spf_ok or dkim_ok:
         how = " and ".join(n for n, ok in (("SPF", spf_ok), ("DKIM", dkim_ok)) if ok)
