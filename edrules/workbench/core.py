@@ -13,6 +13,8 @@ import pandas as pd
 
 from edrules.errors import EdrulesError, Location
 from edrules.rules.model import Policy
+from edrules.pack import LoadedPack
+from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
 from edrules.workbench.exposure import compute_exposure
 from edrules.workbench.packs import PackSource, policy_digest, to_policy
@@ -23,6 +25,7 @@ from edrules.workbench.whatif import WhatIf, compute_whatif
 
 ENV_DB = "EDRULES_DB"
 ENV_DATA = "EDRULES_DATA"
+ENV_OUT = "EDRULES_OUT"
 DEFAULT_DB = Path("data") / "edrules.duckdb"
 
 
@@ -42,6 +45,13 @@ def default_db() -> Path:
     if os.environ.get(ENV_DB):
         return Path(os.environ[ENV_DB])
     return repo_data_dir() / "edrules.duckdb"
+
+
+def output_dir() -> Path:
+    """Where compiled packs go: $EDRULES_OUT, else build/workbench next to data/."""
+    if os.environ.get(ENV_OUT):
+        return Path(os.environ[ENV_OUT])
+    return repo_data_dir().parent / "build" / "workbench"
 
 
 class Workbench:
@@ -116,6 +126,13 @@ class Workbench:
               "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors}
              for name, s in run.summaries])
 
+    def rules(self, name: str) -> Path:
+        """A rules file of the project's data/rules/ folder (the deployed one and candidates)."""
+        path = repo_data_dir() / "rules" / name
+        if not path.is_file():
+            raise EdrulesError("no such rules file", Location(str(path)))
+        return path
+
     def sql(self, query: str, params: dict[str, Any] | list | None = None) -> pd.DataFrame:
         """Run read-only SQL against the dataset (tables: messages, recipients, headers, ...;
         view wb_facts adds aligned_auth, forged and network)."""
@@ -158,6 +175,12 @@ class Workbench:
                    f.envelope_from, f.bulk_provider, f.network, f.subject
             FROM {table} v LEFT JOIN wb_facts f ON f.dataset = v.dataset AND f.msg_key = v.msg_key
             ORDER BY f.received_at NULLS LAST, v.msg_key, v.recipient""").df()
+
+    def action_counts(self, pack: PackSource) -> dict[str, int]:
+        """Recipient rows per action, plus the total: the deployed policy at a glance."""
+        table = self.verdict_table(pack)
+        rows = self.con.sql(f"SELECT action, count(*) FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
+        return {"recipients": sum(n for _, n in rows), **{a: int(n) for a, n in rows}}
 
     def counts(self, pack: PackSource) -> pd.DataFrame:
         """Recipient rows by action and decision category."""
@@ -204,6 +227,19 @@ class Workbench:
         targets = resolve_targets(self.con, messages, self.dataset)
         return suggest(self.con, policy, targets, verdicts=self.verdict_table,
                        whatif=lambda b, a: self.whatif(b, a))
+
+    def compile(self, pack: PackSource, *, deployed: PackSource, name: str | None = None,
+                out_dir: str | Path | None = None, key_dir: str | Path | None = None) -> CompiledPack:
+        """Rules YAML + signed pack of `pack`, its metadata carrying the what-if against
+        `deployed` over this dataset. Keys live in key_dir (default OUT/keys), made on first use."""
+        policy, base = self.pack(pack, name=name), self.pack(deployed)
+        out = Path(out_dir) if out_dir is not None else output_dir()
+        meta = whatif_metadata(self.whatif(base, policy), base)
+        return compile_pack(policy, out, key_dir=Path(key_dir) if key_dir else out / "keys", metadata=meta)
+
+    def verify(self, compiled: CompiledPack) -> LoadedPack:
+        """Load a compiled pack as the gateway would: the signature must verify with its key."""
+        return verify_pack(compiled)
 
     def messages(self, *, header_from: str | None = None, header_from_domain: str | None = None,
                  envelope_domain: str | None = None, label: str | None = None,
@@ -256,8 +292,14 @@ class Workbench:
         table = self.verdict_table(pack) if pack is not None else None
         return traffic.volume(self.con, table, dataset=self.dataset, unit=unit)
 
-    def top_senders(self, *, by: str = "header_from_domain", n: int = 10) -> pd.DataFrame:
-        return traffic.top_senders(self.con, by=by, n=n, dataset=self.dataset)
+    def top_senders(self, *, by: str = "header_from_domain", n: int = 10,
+                    provider: str | None = None) -> pd.DataFrame:
+        """Most frequent senders, optionally only mail through one bulk provider."""
+        return traffic.top_senders(self.con, by=by, n=n, dataset=self.dataset, provider=provider)
 
     def auth_by_provider(self) -> pd.DataFrame:
         return traffic.auth_by_provider(self.con, self.dataset)
+
+    def provider_numbers(self, provider: str) -> dict[str, int]:
+        """One provider's row of auth_by_provider() plus its labels, as plain numbers."""
+        return traffic.provider_numbers(self.con, provider, self.dataset)

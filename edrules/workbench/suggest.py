@@ -119,6 +119,24 @@ class Suggestions:
         """1-based rank of a candidate kind/scope."""
         return self.candidates.index(self.find(kind, scope)) + 1
 
+    def key_numbers(self) -> dict[str, object]:
+        """The headline of a suggestion run: the winner, and where `relaxed` landed and why."""
+        best = self.best
+        out: dict[str, object] = {
+            "targets": best.targets, "candidates": len(self.candidates),
+            "best": best.change,
+            "best_kind": best.kind.value, "best_delivers": best.delivers, "best_new_other": best.new_other,
+            "best_safe": best.safe,
+        }
+        try:
+            relaxed = self.find(CandidateKind.FROM_RELAXED)
+        except KeyError:
+            return out
+        out.update(relaxed_rank=self.candidates.index(relaxed) + 1, relaxed_delivers=relaxed.delivers,
+                   relaxed_new_other=relaxed.new_other, relaxed_new_forged=relaxed.new_forged,
+                   relaxed_new_phishing=relaxed.new_by_label.get("phishing", 0))
+        return out
+
     def per_kind(self) -> pd.DataFrame:
         """The best-ranked candidate of each kind: the overview a reader compares."""
         return self.table.drop_duplicates("kind").reset_index(drop=True)

@@ -57,12 +57,15 @@ def volume(con: duckdb.DuckDBPyConnection, verdict_table: str | None = None, *,
 
 
 def top_senders(con: duckdb.DuckDBPyConnection, *, by: str = "header_from_domain", n: int = 10,
-                dataset: str | None = None) -> pd.DataFrame:
+                dataset: str | None = None, provider: str | None = None) -> pd.DataFrame:
     """Most frequent senders (header From domain by default), with how their mail authenticated."""
     if by not in ("header_from_domain", "header_from", "envelope_from_domain", "network", "bulk_provider"):
         raise ValueError(f"cannot rank senders by {by!r}")
     install_facts_view(con)
     where, p = _where(dataset)
+    if provider is not None:
+        where = (where + " AND" if where else "WHERE") + " bulk_provider = $provider"
+        p["provider"] = provider
     return con.execute(f"""
         SELECT coalesce({by}, '(none)') AS sender, count(*) AS messages,
                count(*) FILTER (WHERE aligned_auth) AS aligned,
@@ -85,3 +88,17 @@ def auth_by_provider(con: duckdb.DuckDBPyConnection, dataset: str | None = None)
                count(*) FILTER (WHERE forged) AS forged,
                count(*) FILTER (WHERE header_from_org IS DISTINCT FROM env_org) AS from_differs
         FROM wb_facts {where} GROUP BY 1 ORDER BY messages DESC, provider""", p).df()
+
+
+def provider_numbers(con: duckdb.DuckDBPyConnection, provider: str, dataset: str | None = None) -> dict[str, int]:
+    """Messages through one provider: authentication outcomes and labels, plain ints."""
+    row = auth_by_provider(con, dataset)
+    row = row[row["provider"] == provider]
+    out = {k: int(v) for k, v in row.iloc[0].items() if k != "provider"} if len(row) else {"messages": 0}
+    where, p = _where(dataset)
+    where = (where + " AND" if where else "WHERE") + " bulk_provider = $provider"
+    p["provider"] = provider
+    for label, n in con.execute(
+            f"SELECT coalesce(label, '(none)'), count(*) FROM wb_facts {where} GROUP BY 1 ORDER BY 1", p).fetchall():
+        out[f"label_{label}"] = int(n)
+    return out

@@ -102,6 +102,12 @@ class WhatIf:
         return self.rows[self.rows["newly_delivered"]]
 
     @property
+    def forged_let_in(self) -> pd.DataFrame:
+        """Newly delivered rows whose header From is forged: what the change lets attackers do."""
+        nd = self.newly_delivered
+        return nd[nd["forged"]]
+
+    @property
     def newly_stopped(self) -> pd.DataFrame:
         return self.rows[self.rows["newly_stopped"]]
 
