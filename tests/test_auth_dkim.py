@@ -189,3 +189,22 @@ def test_verification_never_raises_on_hostile_input(zone, junk):
     for message in (junk, b"DKIM-Signature: " + junk + b"\r\n" + MESSAGE):
         for outcome in verify_dkim(message, zone):
             assert outcome.result in set(AuthResult)
+
+
+@pytest.mark.corpus
+def test_mailauth_ed25519_and_rsa_relaxed_signatures_verify_end_to_end(corpus):
+    """mailauth's dkim-ec fixture: the RFC 8463 message signed relaxed/relaxed, with its DNS."""
+    import json
+
+    from edrules.auth import authenticate
+
+    folder = corpus / "mailauth_fixtures" / "dkim-ec"
+    records = json.loads((folder / "dns.json").read_text())
+    zone = ZoneResolver.from_text("".join(
+        f"{name}. IN TXT {' '.join(chr(34) + part + chr(34) for part in record)}\n"
+        for name, types in records.items() for record in types["TXT"]))
+    message = (folder / "signed.eml").read_bytes()
+    assert {(o.s, o.result) for o in verify_dkim(message, zone)} == {
+        ("brisbane", AuthResult.PASS), ("test", AuthResult.PASS)}
+    r = authenticate(message, "213.165.64.12", "mail.football.example.com", "joe@football.example.com", zone)
+    assert (r.spf.result, r.dmarc.result) == (AuthResult.PASS, AuthResult.NONE)  # no DMARC record published
