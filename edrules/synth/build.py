@@ -150,7 +150,7 @@ def generate(out: Path, seed: int, users: int, days: int, start: date, keys_dir:
     for seq, d in enumerate(drafts, 1):
         received = d.sent + timedelta(seconds=1 + rng.randrange(20))
         raw, auth = stamp(d, _sender_hop(d, rng) + render(d, keys_dir), zone, received, rng)
-        decisions = tuple((rc, decide(d.label, _from_addr(d), d.route.envelope_from, rc, allow)) for rc in d.recipients)
+        decisions = tuple((rc, decide(d.label, _from_addr(d), d.route.envelope_from, d.route.helo, rc, allow)) for rc in d.recipients)
         path = file_name(d, seq)
         files[path] = raw
         written.append(Written(path, d, received, auth, decisions, len(raw)))
@@ -200,7 +200,7 @@ def quarantine_csv(tenant: Tenant) -> str:
         d = m.draft
         reason = held[0][1].reason
         w.writerow((
-            m.received.strftime("%Y-%m-%dT%H:%M:%SZ"), ";".join(rc for rc, _ in held), d.route.envelope_from,
+            m.received.strftime("%Y-%m-%dT%H:%M:%SZ"), ";".join(rc for rc, _ in held), d.route.envelope_from or "<>",
             d.route.ip, d.route.helo, _from_addr(d) or "", dict(d.content.headers).get("Subject", ""),
             d.message_id, str(d.label), str(reason), f"{_score(rng, d.label):.1f}", "quarantined", m.path,
         ))

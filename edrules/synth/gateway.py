@@ -36,6 +36,7 @@ class AuthOutcome:
     dmarc: AuthResult
     dmarc_policy: str | None
     from_domain: str | None
+    helo: str
 
 
 class _ZoneSpfQuery(spf.query):
@@ -122,14 +123,16 @@ def evaluate(zone: Zone, message: bytes, ip: str, helo: str, envelope_from: str,
     spf_result, spf_header = check_spf(zone, ip, envelope_from, helo, receiver)
     checks = check_dkim(zone, message)
     from_domain = normalize_domain(address_domain(normalize_address(header_from)))
-    env_domain = address_domain(normalize_address(envelope_from))
+    # a null sender <> has SPF checked on the HELO name, and DMARC aligns that (RFC 7489 3.1.2)
+    env_domain = address_domain(normalize_address(envelope_from)) if envelope_from else normalize_domain(helo)
     dmarc_result, policy = check_dmarc(zone, from_domain, env_domain, spf_result, checks)
-    return AuthOutcome(spf_result, spf_header, checks, dmarc_result, policy, from_domain)
+    return AuthOutcome(spf_result, spf_header, checks, dmarc_result, policy, from_domain, helo)
 
 
 def authentication_results(authserv_id: str, outcome: AuthOutcome, envelope_from: str) -> str:
     """RFC 8601 header value, one method per folded line like common milters write it."""
-    parts = [f"spf={outcome.spf} smtp.mailfrom={envelope_from}"]
+    identity = f"smtp.mailfrom={envelope_from}" if envelope_from else f"smtp.helo={outcome.helo}"
+    parts = [f"spf={outcome.spf} {identity}"]
     if not outcome.dkim:
         parts.append("dkim=none")
     for c in outcome.dkim:

@@ -7,10 +7,11 @@ import io
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from email import policy
+from email import message_from_string, policy
 from email.charset import QP, Charset
 from email.header import Header
 from email.mime.application import MIMEApplication
+from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, getaddresses
@@ -43,6 +44,7 @@ class Content:
     text: str
     html: str | None = None
     attachment: Attachment | None = None
+    report: str | None = None  # message/delivery-status fields: makes a DSN (multipart/report)
 
 
 def build(content: Content, sent: datetime, tz_minutes: int, message_id: str, boundary: str) -> bytes:
@@ -52,6 +54,13 @@ def build(content: Content, sent: datetime, tz_minutes: int, message_id: str, bo
     body = _text_part(content.text, "plain")
     if content.html is not None:
         body = _multipart("alternative", [body, _text_part(content.html, "html")], boundary + "1")
+    if content.report is not None:
+        status = MIMEBase("message", "delivery-status", policy=_POLICY)
+        # the generator writes message/delivery-status as a list of header blocks
+        status.set_payload([message_from_string(block + "\n", policy=_POLICY)
+                            for block in content.report.strip("\n").split("\n\n")])
+        body = _multipart("report", [body, status], boundary + "2")
+        body.set_param("report-type", "delivery-status")
     if content.attachment is not None:
         a = content.attachment
         att = MIMEApplication(a.content, a.subtype, policy=_POLICY) if a.maintype == "application" else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from edrules.domains import address_domain, normalize_address, org_domain
+from edrules.domains import address_domain, normalize_address, normalize_domain, org_domain
 from edrules.facts import Action, Category
 
 
@@ -36,7 +36,7 @@ class Decision:
     reason: Reason
 
 
-def decide(label: Category, header_from: str | None, envelope_from: str, recipient: str,
+def decide(label: Category, header_from: str | None, envelope_from: str, helo: str, recipient: str,
            allow: tuple[AllowEntry, ...]) -> Decision:
     """DESIGN.md decision order: malware, allow, forgery, category, deliver (no blocks, no bulk policy)."""
     if label is Category.MALWARE:
@@ -44,7 +44,7 @@ def decide(label: Category, header_from: str | None, envelope_from: str, recipie
     env = normalize_address(envelope_from)
     if any(e.recipient == recipient and normalize_address(e.sender) == env for e in allow):
         return Decision(Action.DELIVER, Reason.ALLOW)
-    if is_forgery(header_from, env):
+    if is_forgery(header_from, env, helo):
         return Decision(Action.QUARANTINE, Reason.FORGERY)
     if label is Category.PHISHING:
         return Decision(Action.QUARANTINE, Reason.PHISHING)
@@ -53,8 +53,9 @@ def decide(label: Category, header_from: str | None, envelope_from: str, recipie
     return Decision(Action.DELIVER, Reason.CLEAN)
 
 
-def is_forgery(header_from: str | None, envelope_from: str | None) -> bool:
-    """strict: organisational domains of header From and envelope sender differ."""
+def is_forgery(header_from: str | None, envelope_from: str | None, helo: str) -> bool:
+    """strict: organisational domains of header From and envelope sender differ (with the null
+    sender <> the HELO name stands in for the envelope domain)."""
     hf = org_domain(address_domain(normalize_address(header_from)))
-    ef = org_domain(address_domain(normalize_address(envelope_from)))
+    ef = org_domain(address_domain(normalize_address(envelope_from)) if envelope_from else normalize_domain(helo))
     return hf != ef

@@ -301,6 +301,20 @@ def hr_saas(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
                      ((TENANT_DOMAIN, "peoplehub1"), ("peoplehub-hr.com", "ph")), "em.peoplehub-hr.com")
 
 
+def bounce(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
+    """A partner MTA's delivery status notification: null envelope sender, HELO identity."""
+    if not is_workday(day) or rng.random() > 0.15:
+        return
+    rcpt = [rng.choice(ctx.by_role("sales", "logistics"))]
+    host, ip, _people = PARTNERS["bohemia-logistics.cz"]
+    when = _when(rng, day)
+    typo = rng.choice(("dispecnik", "objednavk", "jiri.maly1", "hana.kolarova2"))
+    subject, body, report = text.bounce(host, f"{typo}@bohemia-logistics.cz", when[0])
+    content = Content((("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"), ("To", rcpt[0].header),
+                       ("Subject", subject), ("Auto-Submitted", "auto-replied")), body, report=report)
+    yield _draft("bounce", Category.HAM, rng, when, Route("", host, ip, host), rcpt, content, (), host)
+
+
 # ---------------------------------------------------------------- spam, phishing, malware
 
 def spam(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -432,6 +446,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("ses_invoice", Category.HAM, "invoices via Amazon SES with a custom MAIL FROM (bounce.invoicely.cz)", ses_invoice),
     Scenario("newsletter", Category.HAM, "Mailchimp newsletters, brand- and mcsv.net-signed (one brand unsigned)", newsletters),
     Scenario("hr_saas", Category.HAM, "an HR SaaS sending as hr@ the tenant with a delegated DKIM key", hr_saas),
+    Scenario("bounce", Category.HAM, "a partner MTA's bounces: null envelope sender <>, SPF and DMARC on the HELO name", bounce),
     Scenario("spam", Category.SPAM, "botnet and snowshoe spam, some with SPF/DKIM passing for throwaway domains", spam),
     Scenario("spam_via_ses", Category.SPAM, "spam through an abused Amazon SES account", spam_via_ses),
     Scenario("ceo_fraud", Category.PHISHING, "CEO fraud: header From is the CEO, envelope and Reply-To elsewhere", ceo_fraud),

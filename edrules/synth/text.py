@@ -125,6 +125,15 @@ def hr(rng: random.Random, payday: bool, user: User) -> tuple[str, str]:
     return what, f"Dobrý den {user.name},\n\n{what}. Podrobnosti najdete v PeopleHub.\n\nPersonální oddělení\n"
 
 
+def bounce(host: str, rcpt: str, when) -> tuple[str, str, str]:
+    text = (f"This is the mail system at host {host}.\n\nI'm sorry to have to inform you that your message could not\n"
+            f"be delivered to one or more recipients.\n\n<{rcpt}>: unknown user\n")
+    report = (f"Reporting-MTA: dns; {host}\nArrival-Date: {when:%a, %d %b %Y %H:%M:%S +0000}\n\n"
+              f"Final-Recipient: rfc822; {rcpt}\nAction: failed\nStatus: 5.1.1\n"
+              f"Diagnostic-Code: x-unix; user unknown\n")
+    return "Undelivered Mail Returned to Sender", text, report
+
+
 # ---------------------------------------------------------------- spam & co.
 
 @dataclass(frozen=True, slots=True)

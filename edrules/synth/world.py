@@ -106,6 +106,7 @@ DNS: dict[str, DomainDns] = {
         dmarc="v=DMARC1; p=reject",
         selectors=(Selector("mail2024", 2048),),
     ),
+    "mail.bohemia-logistics.cz": DomainDns(spf="v=spf1 a -all"),  # HELO identity of its bounces
     "krumlov-print.cz": DomainDns(spf="v=spf1 ip4:198.51.100.55 ~all"),
     "danube-parts.de": DomainDns(
         spf="v=spf1 ip4:198.51.100.70 -all",
