@@ -32,9 +32,14 @@ def load_or_create(keys_dir: Path, domain: str, selector: str, bits: int) -> byt
     return path.read_bytes()
 
 
+def _load(private_pem: bytes):
+    # our own committed keys: skipping the (slow) RSA consistency check saves ~25 ms per key
+    return serialization.load_pem_private_key(private_pem, password=None, unsafe_skip_rsa_key_validation=True)
+
+
 def public_txt(private_pem: bytes) -> str:
     """The DKIM key record value (`v=DKIM1; k=rsa; p=...`) for a private key."""
-    key = serialization.load_pem_private_key(private_pem, password=None)
+    key = _load(private_pem)
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -42,4 +47,4 @@ def public_txt(private_pem: bytes) -> str:
 
 
 def key_bits(private_pem: bytes) -> int:
-    return serialization.load_pem_private_key(private_pem, password=None).key_size
+    return _load(private_pem).key_size

@@ -116,11 +116,10 @@ def _when(rng: random.Random, day: date, office: bool = True) -> tuple[datetime,
     return t, prague_offset_minutes(t)
 
 
-def _draft(scenario: str, label: Category, rng: random.Random, when: tuple[datetime, int], route: Route,
-           rcpts: list[Mailbox], content: Content, signers: tuple[tuple[str, str], ...],
-           msgid_domain: str, **extra) -> Draft:
+def _draft(scenario: str, label: Category, when: tuple[datetime, int], route: Route, rcpts: list[Mailbox],
+           content: Content, signers: tuple[tuple[str, str], ...], message_id: str) -> Draft:
     return Draft(scenario, label, when[0], when[1], route, tuple(m.address for m in rcpts), content,
-                 signers, extra.pop("message_id", None) or _msgid(rng, msgid_domain), **extra)
+                 signers, message_id)
 
 
 def _to(rcpts: list[Mailbox]) -> tuple[tuple[str, str], ...]:
@@ -141,8 +140,8 @@ def colleagues(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
             subject, body = text.colleague(rng, author.user, rcpts[0].user)
             content = Content((("From", author.header), *_to(rcpts), ("Subject", subject)), body)
             route = Route(author.address, OUTBOUND, OUTBOUND_IP, OUTBOUND)
-            yield _draft("colleague", Category.HAM, rng, _when(rng, day), route, rcpts, content,
-                         ((TENANT_DOMAIN, "nw2025"),), TENANT_DOMAIN)
+            yield _draft("colleague", Category.HAM, _when(rng, day), route, rcpts, content,
+                         ((TENANT_DOMAIN, "nw2025"),), _msgid(rng, TENANT_DOMAIN))
 
 
 def partners(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -160,7 +159,7 @@ def partners(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         content = Content(((("From", f"{display} <{local}@{domain}>")), *_to(rcpt), ("Subject", subject)), body)
         route = Route(f"{local}@{domain}", host, ip, host)
         signers = text.partner_signers(domain)
-        yield _draft("partner", Category.HAM, rng, _when(rng, day), route, rcpt, content, signers, domain)
+        yield _draft("partner", Category.HAM, _when(rng, day), route, rcpt, content, signers, _msgid(rng, domain))
 
 
 LIST = "members@lists.cargo-forum.org"
@@ -213,9 +212,9 @@ def ses_otp(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         subject, body, html = text.otp(rng)
         content = Content((("From", f"<{OTP_FROM}>"), ("To", f"<{user.address}>"), ("Subject", subject)),
                           body, html)
-        yield _draft("ses_otp", Category.HAM, rng, when, route, [user], content,
+        yield _draft("ses_otp", Category.HAM, when, route, [user], content,
                      (("someotpsite.cz", "qpv3hp79ulhgw5mzbwxm4lcbtqqkzbgx"), ("amazonses.com", SES_SELECTOR)),
-                     "", message_id=f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
+                     f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
 
 
 def ses_parcel(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -226,9 +225,9 @@ def ses_parcel(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         subject, body, html = text.parcel(rng)
         content = Content((("From", f"ParcelZone <{PARCEL_FROM}>"), ("To", rcpt[0].header),
                            ("Subject", subject)), body, html)
-        yield _draft("ses_parcel", Category.HAM, rng, when, route, rcpt, content,
+        yield _draft("ses_parcel", Category.HAM, when, route, rcpt, content,
                      (("parcelzone.cz", "k5tqbvo3ymr6exmzz4mq6mc2ebbp4wdq"), ("amazonses.com", SES_SELECTOR)),
-                     "", message_id=f"<{route.envelope_from.partition('@')[0]}@eu-central-1.amazonses.com>")
+                     f"<{route.envelope_from.partition('@')[0]}@eu-central-1.amazonses.com>")
 
 
 def ses_invoice(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -243,9 +242,9 @@ def ses_invoice(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         subject, body, html = text.invoice(rng)
         content = Content((("From", "Invoicely <faktury@invoicely.cz>"), ("To", rcpt[0].header),
                            ("Subject", subject)), body, html)
-        yield _draft("ses_invoice", Category.HAM, rng, when, route, rcpt, content,
+        yield _draft("ses_invoice", Category.HAM, when, route, rcpt, content,
                      (("invoicely.cz", "b6u3n7xsyxwbhw4zgyqhfd3fq2rdq2ce"), ("amazonses.com", SES_SELECTOR)),
-                     "", message_id=f"<{sesid}@email.amazonses.com>")
+                     f"<{sesid}@email.amazonses.com>")
 
 
 NEWSLETTERS = (
@@ -281,9 +280,9 @@ def newsletters(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
                 ("Feedback-ID", f"21:21-{user_id[:8]}:{campaign}:mailchimp"),
             )
             signers = ((brand, "k2"),) if signs else ()
-            yield _draft("newsletter", Category.HAM, rng, when, route, [sub], Content(headers, body, html),
-                         signers + (("mcsv.net", "k3"),), "",
-                         message_id=f"<{_hex(rng, 24)}@{brand}>")
+            yield _draft("newsletter", Category.HAM, when, route, [sub], Content(headers, body, html),
+                         signers + (("mcsv.net", "k3"),),
+                         f"<{_hex(rng, 24)}@{brand}>")
 
 
 def hr_saas(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -297,8 +296,8 @@ def hr_saas(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         route = Route(bounce, "o1.em.peoplehub-hr.com", "198.51.100.121", "o1.em.peoplehub-hr.com")
         content = Content((("From", f"Personální oddělení <hr@{TENANT_DOMAIN}>"), ("To", rcpt.header),
                            ("Subject", subject)), body)
-        yield _draft("hr_saas", Category.HAM, rng, when, route, [rcpt], content,
-                     ((TENANT_DOMAIN, "peoplehub1"), ("peoplehub-hr.com", "ph")), "em.peoplehub-hr.com")
+        yield _draft("hr_saas", Category.HAM, when, route, [rcpt], content,
+                     ((TENANT_DOMAIN, "peoplehub1"), ("peoplehub-hr.com", "ph")), _msgid(rng, "em.peoplehub-hr.com"))
 
 
 def bounce(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -312,7 +311,7 @@ def bounce(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     subject, body, report = text.bounce(host, f"{typo}@bohemia-logistics.cz", when[0])
     content = Content((("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"), ("To", rcpt[0].header),
                        ("Subject", subject), ("Auto-Submitted", "auto-replied")), body, report=report)
-    yield _draft("bounce", Category.HAM, rng, when, Route("", host, ip, host), rcpt, content, (), host)
+    yield _draft("bounce", Category.HAM, when, Route("", host, ip, host), rcpt, content, (), _msgid(rng, host))
 
 
 # ---------------------------------------------------------------- spam, phishing, malware
@@ -325,7 +324,7 @@ def spam(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         subject, body, html = text.spam(rng, bot.domain)
         content = Content((("From", bot.header_from), *_to(rcpts), ("Subject", subject)), body, html)
         signers = ((bot.domain, "default"),) if bot.signs else ()
-        yield _draft("spam", Category.SPAM, rng, when, bot.route, rcpts, content, signers, bot.domain)
+        yield _draft("spam", Category.SPAM, when, bot.route, rcpts, content, signers, _msgid(rng, bot.domain))
 
 
 def spam_via_ses(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -337,9 +336,9 @@ def spam_via_ses(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
         bot = text.spam_sender(rng)
         subject, body, html = text.spam(rng, bot.domain)
         content = Content((("From", bot.header_from), ("To", rcpt[0].header), ("Subject", subject)), body, html)
-        yield _draft("spam_via_ses", Category.SPAM, rng, when, route, rcpt, content,
-                     (("amazonses.com", SES_SELECTOR),), "",
-                     message_id=f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
+        yield _draft("spam_via_ses", Category.SPAM, when, route, rcpt, content,
+                     (("amazonses.com", SES_SELECTOR),),
+                     f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
 
 
 def ceo_fraud(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -353,7 +352,7 @@ def ceo_fraud(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     route = Route(f"mailer{rng.randrange(10, 99)}@office-securemail.net", f"vps{ip.rsplit('.', 1)[1]}.office-securemail.net", ip, None)
     content = Content((("From", ctx.ceo.header), ("To", rcpt[0].header), ("Subject", subject),
                        ("Reply-To", f"{ctx.ceo.user.name} <{ctx.ceo.user.local}.ceo@freepost-mail.cz>")), body)
-    yield _draft("ceo_fraud", Category.PHISHING, rng, when, route, rcpt, content, (), "office-securemail.net")
+    yield _draft("ceo_fraud", Category.PHISHING, when, route, rcpt, content, (), _msgid(rng, "office-securemail.net"))
 
 
 def ses_forged_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -376,9 +375,9 @@ def ses_forged_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]
     when = _when(rng, day, office=False)
     route = ses_route(rng, when=when[0])
     content = Content((("From", sender), ("To", f"<{rcpt[0].address}>"), ("Subject", subject)), body, html)
-    yield _draft("ses_forged_brand", Category.PHISHING, rng, when, route, rcpt, content,
-                 (("amazonses.com", SES_SELECTOR),), "",
-                 message_id=f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
+    yield _draft("ses_forged_brand", Category.PHISHING, when, route, rcpt, content,
+                 (("amazonses.com", SES_SELECTOR),),
+                 f"<{route.envelope_from.partition('@')[0]}@email.amazonses.com>")
 
 
 def lookalike_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -391,8 +390,8 @@ def lookalike_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     subject, body, html = text.brand_phish(rng, "someotpsite-security.cz")
     content = Content((("From", "Someotpsite <alerts@someotpsite-security.cz>"), ("To", rcpt[0].header),
                        ("Subject", subject)), body, html)
-    yield _draft("lookalike_brand", Category.PHISHING, rng, when, route, rcpt, content,
-                 (("someotpsite-security.cz", "default"),), "someotpsite-security.cz")
+    yield _draft("lookalike_brand", Category.PHISHING, when, route, rcpt, content,
+                 (("someotpsite-security.cz", "default"),), _msgid(rng, "someotpsite-security.cz"))
 
 
 def lookalike_tenant(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -405,7 +404,7 @@ def lookalike_tenant(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]
     route = Route(addr, "mail.n0rthwind-traders.cz", "203.0.113.70", None)
     subject, body = text.invoice_fraud(rng, ctx.ceo.user, rcpt[0].user)
     content = Content((("From", f"{ctx.ceo.user.name} <{addr}>"), ("To", rcpt[0].header), ("Subject", subject)), body)
-    yield _draft("lookalike_tenant", Category.PHISHING, rng, when, route, rcpt, content, (), "n0rthwind-traders.cz")
+    yield _draft("lookalike_tenant", Category.PHISHING, when, route, rcpt, content, (), _msgid(rng, "n0rthwind-traders.cz"))
 
 
 def credential_phish(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -416,7 +415,7 @@ def credential_phish(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]
         subject, body, html = text.credential_phish(rng, rcpt[0], bot.domain)
         content = Content((("From", f"IT podpora {TENANT_DOMAIN} <{bot.route.envelope_from}>"),
                            ("To", rcpt[0].header), ("Subject", subject)), body, html)
-        yield _draft("credential_phish", Category.PHISHING, rng, when, bot.route, rcpt, content, (), bot.domain)
+        yield _draft("credential_phish", Category.PHISHING, when, bot.route, rcpt, content, (), _msgid(rng, bot.domain))
 
 
 def malware(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -434,7 +433,7 @@ def malware(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     route = Route(spoofed, f"[{ip}]", ip, None)
     content = Content((("From", f"Účtárna Bohemia Logistics <{spoofed}>"), ("To", rcpt[0].header),
                        ("Subject", f"Faktura {day:%Y}-{number} k úhradě")), text.malware_body(number), None, att)
-    yield _draft("malware", Category.MALWARE, rng, when, route, rcpt, content, (), "bohemia-logistics.cz")
+    yield _draft("malware", Category.MALWARE, when, route, rcpt, content, (), _msgid(rng, "bohemia-logistics.cz"))
 
 
 SCENARIOS: tuple[Scenario, ...] = (
