@@ -187,3 +187,35 @@ def test_the_installed_edrules_command_returns_the_exit_codes(tmp_path):
     bad = run("good.example", "--zone", str(tmp_path / "absent.zone"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read zone file")
     assert "Traceback" not in bad.stderr
+
+
+def _publish(zone_text: str, domain: str, suggestion: str) -> str:
+    """The zone file after the admin publishes `suggestion` (replacing that record type)."""
+    owner, _in, _txt, value = suggestion.split(" ", 3)
+    label = "_dmarc" if owner.startswith("_dmarc.") else "@"
+    prefix = '"v=DMARC1' if label == "_dmarc" else '"v=spf1'
+    blocks = zone_text.split("$ORIGIN ")
+    for i, block in enumerate(blocks):
+        if block.startswith(f"{domain}.\n"):
+            lines = [ln for ln in block.splitlines() if not (ln.startswith(f"{label} IN TXT {prefix}"))]
+            blocks[i] = "\n".join(lines + [f"{label} IN TXT {value}"]) + "\n"
+    return "$ORIGIN ".join(blocks)
+
+
+FIXABLE = [d for d, codes in sorted(TABLE.items())
+           if any(c.startswith(("spf.", "dmarc.")) and c not in ("spf.too-many-lookups", "dmarc.org-fallback",
+                                                                  "dmarc.strict-alignment") for _s, c in codes)]
+
+
+@pytest.mark.parametrize("domain", FIXABLE)
+def test_publishing_the_suggested_record_clears_the_finding(domain):
+    text = ZONE.read_text()
+    for _round in range(2):  # SPF and DMARC suggestions are independent records
+        report = check_domain(domain, ZoneResolver.from_text(text), **GATEWAY)
+        todo = {f.suggestion for f in report.findings
+                if f.area in ("spf", "dmarc") and f.severity >= Severity.WARNING and f.suggestion}
+        for suggestion in todo:
+            text = _publish(text, domain, suggestion.split(" (monitor")[0])
+    after = check_domain(domain, ZoneResolver.from_text(text), **GATEWAY)
+    left = {f.code for f in after.findings if f.area in ("spf", "dmarc") and f.severity >= Severity.WARNING}
+    assert left == set(), [f.message for f in after.findings]

@@ -4,53 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from edrules.auth.dkim import MIN_RSA_BITS, parse_key_record
 from edrules.auth.dmarc import Alignment, Policy, RecordStatus, lookup_dmarc
-from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver, TempError
-from edrules.auth.spf import check_spf
+from edrules.auth.findings import Area, Finding, Severity
+from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver
+from edrules.auth.spfcheck import analyse_spf
 from edrules.domains import normalize_domain
 from edrules.errors import EdrulesError, Location
 
-# RFC 7208 4.6.4: at most 10 DNS-querying terms, at most 2 void lookups.
-MAX_SPF_LOOKUPS = 10
-MAX_VOID_LOOKUPS = 2
+__all__ = ["Area", "DomainReport", "Finding", "Severity", "check_domain", "parse_networks"]
+
 RECOMMENDED_RSA_BITS = 2048
-
-
-class Severity(IntEnum):
-    OK = 0
-    INFO = 1
-    WARNING = 2
-    ERROR = 3
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-
-class Area(StrEnum):
-    MX = "mx"
-    SPF = "spf"
-    DKIM = "dkim"
-    DMARC = "dmarc"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One observation. `code` is stable (tests, dashboards); `suggestion` is a record to publish."""
-
-    area: Area
-    severity: Severity
-    code: str
-    message: str
-    suggestion: str | None = None
-
-    def to_json(self) -> dict:
-        return {"area": str(self.area), "severity": str(self.severity), "code": self.code,
-                "message": self.message, "suggestion": self.suggestion}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,189 +102,6 @@ def _resolves(host: str, resolver: Resolver) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# SPF
-
-_MECHS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
-_LOOKUP_MECHS = {"include", "a", "mx", "ptr", "exists"}
-
-
-@dataclass(slots=True)
-class _SpfWalk:
-    resolver: Resolver
-    lookups: int = 0
-    void: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-
-    def record(self, name: str) -> tuple[str | None, str | None]:
-        """(record, problem) for `name`; a void answer counts toward the void limit."""
-        try:
-            txts = self.resolver.txt(name)
-        except (NXDomain, PermError):
-            self.void += 1
-            return None, "does not exist"
-        except (TempError, DnsError) as exc:
-            return None, f"DNS error ({exc})"
-        spf = [t for t in txts if re.match(r"(?i)^v=spf1(\s|$)", t)]
-        if not spf:
-            self.void += 1
-            return None, "has no SPF record"
-        if len(spf) > 1:
-            return None, f"has {len(spf)} SPF records (permerror)"
-        return spf[0], None
-
-    def walk(self, name: str, text: str, depth: int = 0) -> None:
-        if name in self.seen or depth > 10:
-            self.findings.append(Finding(Area.SPF, Severity.ERROR, "spf.loop",
-                                         f"include/redirect loop or chain too deep at {name}"))
-            return
-        self.seen.add(name)
-        terms = text.split()[1:]
-        has_all = False
-        redirect = None
-        for term in terms:
-            if "=" in term.split(":")[0]:
-                mod, _, value = term.partition("=")
-                mod = mod.lower()
-                if mod == "redirect":
-                    redirect = value
-                elif not re.match(r"^[a-z][a-z0-9_.\-]*$", mod):
-                    self._syntax(name, term)
-                continue
-            qual = term[0] if term[0] in "+-~?" else "+"
-            body = term[1:] if term[0] in "+-~?" else term
-            m = re.match(r"([A-Za-z0-9]+)(.*)$", body)
-            mech, arg = (m.group(1).lower(), m.group(2)) if m else ("", body)
-            if mech not in _MECHS:
-                self._syntax(name, term)
-                continue
-            if mech in _LOOKUP_MECHS:
-                self.lookups += 1
-            if mech == "all":
-                has_all = True
-                if depth == 0:
-                    self._all(name, qual)
-            elif mech in ("ip4", "ip6"):
-                try:
-                    net = ipaddress.ip_network(arg.lstrip(":"), strict=False)
-                    if net.version != int(mech[-1]):
-                        raise ValueError
-                except ValueError:
-                    self._syntax(name, term)
-            elif mech == "ptr":
-                self.findings.append(Finding(Area.SPF, Severity.WARNING, "spf.ptr",
-                                             f"{name}: 'ptr' is slow and deprecated (RFC 7208 5.5)",
-                                             "replace ptr with ip4:/ip6: ranges"))
-            elif mech == "include":
-                target = arg.lstrip(":")
-                if not target or "%" in target:
-                    continue  # macros depend on the message; nothing to follow statically
-                sub, problem = self.record(target)
-                if problem:
-                    self.findings.append(Finding(Area.SPF, Severity.ERROR, "spf.include-broken",
-                                                 f"{name}: include:{target} {problem} (permerror)"))
-                else:
-                    self.walk(target, sub, depth + 1)
-            elif mech in ("a", "mx") and arg.startswith(":") and "%" not in arg:
-                self._void_probe(arg[1:].split("/")[0], mech)
-            elif mech in ("a", "mx"):
-                self._void_probe(name, mech)
-        if redirect and not has_all:
-            self.lookups += 1
-            sub, problem = self.record(redirect)
-            if problem:
-                self.findings.append(Finding(Area.SPF, Severity.ERROR, "spf.redirect-broken",
-                                             f"{name}: redirect={redirect} {problem} (permerror)"))
-            else:
-                self.walk(redirect, sub, depth + 1)
-        elif depth == 0 and not has_all:
-            self.findings.append(Finding(Area.SPF, Severity.WARNING, "spf.no-all",
-                                         f"{name}: no 'all' term, unlisted senders get neutral",
-                                         "end the record with -all"))
-
-    def _void_probe(self, host: str, mech: str) -> None:
-        try:
-            found = self.resolver.mx(host) if mech == "mx" else (self.resolver.a(host) or self.resolver.aaaa(host))
-        except (NXDomain, PermError):
-            found = []
-        except DnsError:
-            return
-        if not found:
-            self.void += 1
-
-    def _syntax(self, name: str, term: str) -> None:
-        self.findings.append(Finding(Area.SPF, Severity.ERROR, "spf.syntax",
-                                     f"{name}: invalid term {term!r} (permerror)"))
-
-    def _all(self, name: str, qual: str) -> None:
-        if qual == "+":
-            self.findings.append(Finding(Area.SPF, Severity.ERROR, "spf.plus-all",
-                                         f"{name}: '+all' authorises every host on the Internet",
-                                         "end the record with -all"))
-        elif qual == "?":
-            self.findings.append(Finding(Area.SPF, Severity.WARNING, "spf.neutral-all",
-                                         f"{name}: '?all' gives unlisted senders neutral: no protection",
-                                         "end the record with -all (or ~all while testing)"))
-
-
-def _spf_suggestion(domain: str, relays: list) -> str:
-    ips = " ".join(f"ip{n.version}:{n.with_prefixlen}" for n in relays)
-    return f'{domain}. IN TXT "v=spf1 mx {ips + " " if ips else ""}-all"'
-
-
-def _rewrite_spf(domain: str, text: str, add: list[str] = (), all_term: str | None = None) -> str:
-    """The record to publish: `text` with `add` terms before its 'all' (and that 'all' replaced)."""
-    terms = text.split()[1:]
-    alls = [t for t in terms if re.fullmatch(r"(?i)[+\-~?]?all", t)]
-    body = [t for t in terms if t not in alls]
-    body += [a for a in add if a.lower() not in {t.lower() for t in body}]
-    final = all_term or (alls[0] if alls else ("" if any(t.lower().startswith("redirect=") for t in body) else "-all"))
-    return f'{domain}. IN TXT "' + " ".join(["v=spf1", *body, *([final] if final else [])]) + '"'
-
-
-def _check_spf(domain: str, resolver: Resolver, relays: list) -> tuple[list[Finding], int | None, int | None]:
-    walk = _SpfWalk(resolver)
-    text, problem = walk.record(domain)
-    walk.void = 0  # the top-level lookup is not a term of the record
-    if problem:
-        sev = Severity.ERROR
-        code = "spf.multiple" if "records" in problem else ("spf.dns-error" if "DNS" in problem else "spf.missing")
-        return [Finding(Area.SPF, sev, code, f"{domain} {problem}", _spf_suggestion(domain, relays))], None, None
-    walk.walk(domain, text)
-    out = walk.findings
-    if walk.lookups > MAX_SPF_LOOKUPS:
-        out.append(Finding(Area.SPF, Severity.ERROR, "spf.too-many-lookups",
-                           f"{walk.lookups} DNS-querying terms (limit {MAX_SPF_LOOKUPS}): receivers return permerror",
-                           "flatten includes into ip4:/ip6: ranges or drop unused includes"))
-    if walk.void > MAX_VOID_LOOKUPS:
-        out.append(Finding(Area.SPF, Severity.ERROR, "spf.void-lookups",
-                           f"{walk.void} void lookups (limit {MAX_VOID_LOOKUPS}): receivers return permerror",
-                           "remove terms that point at names without records"))
-    elif walk.void:
-        out.append(Finding(Area.SPF, Severity.WARNING, "spf.void-lookup",
-                           f"{walk.void} term(s) point at names without records"))
-    missing = []
-    for net in relays:
-        probe = str(next(iter(net.hosts()), net.network_address)) if net.num_addresses > 1 else str(net.network_address)
-        outcome = check_spf(probe, f"mail.{domain}", f"postmaster@{domain}", resolver)
-        if outcome.result != "pass":
-            missing.append((net, probe, outcome.result))
-    # One corrected record fixes every record-level finding at once: suggest that record.
-    all_codes = {"spf.plus-all", "spf.neutral-all", "spf.no-all"}
-    bad_all = any(f.code in all_codes for f in out) and "redirect=" not in text.lower()
-    fixed = _rewrite_spf(domain, text, add=[f"ip{n.version}:{n.with_prefixlen}" for n, _p, _r in missing],
-                         all_term="-all" if bad_all else None)
-    for net, probe, result in missing:
-        out.append(Finding(Area.SPF, Severity.ERROR, "spf.relay-not-authorised",
-                           f"gateway relay {net} ({probe}) gets spf={result}: outbound mail via the gateway fails SPF",
-                           fixed))
-    out = [replace(f, suggestion=fixed) if f.code in all_codes and bad_all else f for f in out]
-    if not any(f.severity >= Severity.WARNING for f in out):
-        out.append(Finding(Area.SPF, Severity.OK, "spf.ok", f"SPF: {text} ({walk.lookups} DNS-querying terms)"))
-    return out, walk.lookups, walk.void
-
-
-# ---------------------------------------------------------------------------------------
 # DKIM
 
 def _check_dkim(domain: str, resolver: Resolver, selectors: list[str]) -> list[Finding]:
@@ -362,8 +146,40 @@ def _check_dkim(domain: str, resolver: Resolver, selectors: list[str]) -> list[F
 # ---------------------------------------------------------------------------------------
 # DMARC
 
+_DMARC_KEEP = ("v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "rf", "ri", "np")
+
+
+def fix_dmarc(text: str, domain: str) -> str:
+    """`text` repaired and hardened: an enforcing p=, no pct<100, sp= no weaker than p=, a rua=.
+
+    Tags that parse keep their order and value, so the admin sees a minimal change."""
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if sep and name in _DMARC_KEEP and name not in tags and value:
+            tags[name] = value
+    tags.pop("v", None)
+    p = tags.get("p", "").lower()
+    tags["p"] = p if p in ("quarantine", "reject") else "quarantine"
+    if tags.get("sp", "").lower() not in ("quarantine", "reject"):
+        tags.pop("sp", None)  # inherit p=
+    tags.pop("pct", None)  # default 100
+    for name in ("adkim", "aspf"):
+        if tags.get(name, "").lower() not in ("r", "s"):
+            tags.pop(name, None)
+    if not any(u.strip().lower().startswith("mailto:") for u in tags.get("rua", "").split(",")):
+        tags["rua"] = f"mailto:dmarc-reports@{domain}"
+    order = ["p", "sp", "adkim", "aspf", "rua"] + [t for t in tags if t not in ("p", "sp", "adkim", "aspf", "rua")]
+    return "; ".join(["v=DMARC1"] + [f"{t}={tags[t]}" for t in order if t in tags])
+
+
+# Warnings the hardened record resolves; it is attached to each of them.
+_DMARC_FIXES = {"dmarc.invalid", "dmarc.multiple", "dmarc.monitor-only", "dmarc.partial-pct", "dmarc.no-rua",
+                "dmarc.weak-subdomains", "dmarc.syntax-warning"}
+
+
 def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
-    suggest = f'_dmarc.{domain}. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@{domain}"'
     rec = lookup_dmarc(domain, resolver)
     if rec is None:
         return [Finding(Area.DMARC, Severity.ERROR, "dmarc.missing", f"no DMARC record for {domain}",
@@ -371,26 +187,36 @@ def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
                         "(monitor first, then p=quarantine)")]
     if rec.status is RecordStatus.TEMPERROR:
         return [Finding(Area.DMARC, Severity.ERROR, "dmarc.dns-error", "; ".join(rec.errors))]
+    out: list[Finding] = []
     if rec.status is RecordStatus.PERMERROR:
         code = "dmarc.multiple" if "records" in " ".join(rec.errors) else "dmarc.invalid"
-        return [Finding(Area.DMARC, Severity.ERROR, code, f"_dmarc.{rec.domain}: " + "; ".join(rec.errors), suggest)]
-    out: list[Finding] = []
-    for w in rec.warnings:
-        out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.syntax-warning", f"_dmarc.{rec.domain}: {w}"))
+        out.append(Finding(Area.DMARC, Severity.ERROR, code, f"_dmarc.{rec.domain}: " + "; ".join(rec.errors)))
+    else:
+        out += _dmarc_policy_findings(domain, rec)
+    if any(f.code in _DMARC_FIXES for f in out):
+        # several records: repair the first; the others must go
+        fixed = f'_dmarc.{rec.domain}. IN TXT "{fix_dmarc(rec.text.split(" | ")[0], rec.domain)}"'
+        out = [replace(f, suggestion=fixed) if f.code in _DMARC_FIXES else f for f in out]
+    if not any(f.severity >= Severity.WARNING for f in out):
+        out.append(Finding(Area.DMARC, Severity.OK, "dmarc.ok", f"DMARC: p={rec.policy_for(domain)} pct={rec.pct}"))
+    return out
+
+
+def _dmarc_policy_findings(domain: str, rec) -> list[Finding]:
+    out = [Finding(Area.DMARC, Severity.WARNING, "dmarc.syntax-warning", f"_dmarc.{rec.domain}: {w}")
+           for w in rec.warnings]
     if rec.org_fallback:
         out.append(Finding(Area.DMARC, Severity.INFO, "dmarc.org-fallback",
                            f"{domain} has no record of its own; the organisational domain's applies "
                            f"(sp={rec.sp or rec.p})"))
-    pol = rec.policy_for(domain)
-    if pol is Policy.NONE:
+    if rec.policy_for(domain) is Policy.NONE:
         out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.monitor-only",
-                           "p=none: failing mail is delivered, spoofing is only reported", suggest))
+                           "p=none: failing mail is delivered, spoofing is only reported"))
     if rec.pct < 100:
         out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.partial-pct",
                            f"pct={rec.pct}: the policy applies to {rec.pct}% of failing mail"))
     if not rec.rua:
-        out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.no-rua",
-                           "no rua=: you receive no aggregate reports", suggest))
+        out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.no-rua", "no rua=: you receive no aggregate reports"))
     if not rec.org_fallback and rec.sp is Policy.NONE and rec.p is not Policy.NONE:
         out.append(Finding(Area.DMARC, Severity.WARNING, "dmarc.weak-subdomains",
                            "sp=none leaves subdomains spoofable while p= protects the domain"))
@@ -398,8 +224,6 @@ def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
     if strict:
         out.append(Finding(Area.DMARC, Severity.INFO, "dmarc.strict-alignment",
                            f"{', '.join(strict)}=s: subdomain senders must use the exact From domain"))
-    if not any(f.severity >= Severity.WARNING for f in out):
-        out.append(Finding(Area.DMARC, Severity.OK, "dmarc.ok", f"DMARC: p={pol} pct={rec.pct}"))
     return out
 
 
@@ -418,8 +242,8 @@ def check_domain(
     relays = parse_networks(gateway_relays)
     findings: list[Finding] = []
     findings += _check_mx(d, resolver, [normalize_domain(g) or g for g in gateway_mx])
-    spf_findings, lookups, void = _check_spf(d, resolver, relays)
-    findings += spf_findings
+    spf = analyse_spf(d, resolver, relays)
+    findings += spf.findings
     findings += _check_dkim(d, resolver, [s.strip() for s in dkim_selectors if s.strip()])
     findings += _check_dmarc(d, resolver)
-    return DomainReport(d, tuple(findings), lookups, void)
+    return DomainReport(d, tuple(findings), spf.lookups, spf.void_lookups)
