@@ -126,14 +126,14 @@ class ZoneResolver:
     ) -> "ZoneResolver":
         """Parse master-file text. Without `origin`, relative names are relative to the root
         and `$ORIGIN` lines switch zones, so one text may hold many domains."""
-        resolver = cls(tempfail=frozenset((_key(n), t.upper()) for n, t in tempfail))
+        resolver = cls(tempfail=frozenset((_check_name(n, t), t.upper()) for n, t in tempfail))
         resolver.add_text(text, origin, source=source)
         return resolver
 
     @classmethod
     def from_file(cls, *paths: str | Path, tempfail: Iterable[tuple[str, str]] = ()) -> "ZoneResolver":
         """Load one or several zone files into one resolver."""
-        resolver = cls(tempfail=frozenset((_key(n), t.upper()) for n, t in tempfail))
+        resolver = cls(tempfail=frozenset((_check_name(n, t), t.upper()) for n, t in tempfail))
         for path in paths:
             p = Path(path)
             try:
