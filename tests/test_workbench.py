@@ -321,3 +321,42 @@ def test_whatif_cli_refuses_one_pack_and_a_tampered_signed_pack(mini_db, packs, 
     bad.write_text(json.dumps(doc))
     res = CliRunner().invoke(cli, ["whatif", "--db", str(mini_db), "--pack", str(packs[0]), "--pack", str(bad)])
     assert res.exit_code != 0
+
+
+# -- widget rule editor --------------------------------------------------------------------
+
+
+def test_rule_editor_shows_the_whatif_of_each_edit_against_the_deployed_pack(wb, tmp_path):
+    from edrules.workbench.editor import RuleEditor
+
+    ed = RuleEditor(wb, deployed=CURRENT, out_dir=tmp_path)
+    assert ed.last.changed == 0
+    ed.from_policy.value = "relaxed"
+    assert ed.last.counts() == wb.whatif(CURRENT, replace(wb.pack(CURRENT), from_policy=FromPolicy.RELAXED)).counts()
+    assert 'data-key="newly_delivered_forged" style="font-size:22px;font-weight:bold;color:#b33a3a">3<' in ed.counts.value
+    ed.from_policy.value = "strict"
+    ed.rows[0].via.value = "amazonses"  # turn the allow entry into a pair
+    assert keys(ed.last.newly_delivered) == [("m01", ALICE), ("m02", ALICE), ("m03", ALICE)]
+
+
+def test_rule_editor_shows_located_errors_for_an_invalid_entry_and_recovers(wb, tmp_path):
+    from edrules.workbench.editor import RuleEditor
+
+    ed = RuleEditor(wb, deployed=CURRENT, out_dir=tmp_path)
+    row = ed.add_entry("block", "ip", "10.0.0.1/8")
+    assert ed.last is None and "host bits set" in ed.counts.value and "block[0].ip" in ed.counts.value
+    ed._remove(row)
+    assert ed.last is not None and ed.last.changed == 0
+
+
+def test_rule_editor_compiles_a_signed_pack_carrying_its_whatif(wb, tmp_path):
+    from edrules.pack import load_pack
+    from edrules.workbench.editor import RuleEditor
+
+    ed = RuleEditor(wb, deployed=CURRENT, name="edited", out_dir=tmp_path)
+    ed.bulk["amazonses"].value = "allow"
+    compiled = ed.compile()
+    loaded = load_pack(compiled.pack_path, pubkey_path=tmp_path / "keys" / "edrules-pack.pub")
+    assert loaded.policy.bulk_mailers == {"amazonses": "allow"}
+    assert loaded.metadata["whatif"]["counts"] == ed.last.counts()
+    assert "verified" in ed.result.value
