@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dns.exception
+import dns.name
 import dns.reversename
 import spf as pyspf
 
@@ -52,7 +53,7 @@ class _ResolverQuery(pyspf.query):
                 return r.mx(name)
             if qtype == "PTR":
                 try:
-                    ip = dns.reversename.to_address(dns.reversename.dns.name.from_text(name))
+                    ip = dns.reversename.to_address(dns.name.from_text(name))
                 except (dns.exception.DNSException, ValueError):
                     return []
                 return r.ptr(ip)
