@@ -17,8 +17,7 @@ import pytest
 
 from edrules.backends.runtime import RuntimeEvaluator
 from edrules.facts import MessageFacts
-from edrules.ingest.extract import facts_from_bytes
-from edrules.ingest.trust import TrustConfig
+from edrules.ingest import TrustConfig, facts_from_bytes
 from edrules.rules.parse import parse_rules
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -211,3 +210,35 @@ def test_the_sql_backend_gives_the_same_verdict_for_every_scenario():
         assert got == [row.expect] * len(f.recipients), (i, row.says)
         con.unregister("messages")
         con.unregister("recipients")
+
+
+_VERBS = {"deliver": "delivered", "tag": "tagged", "quarantine": "quarantined", "reject": "rejected"}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.says for r in ROWS])
+def test_explain_gives_one_plain_english_sentence_per_recipient(row: Row):
+    from edrules.rules.explain import explain_facts
+
+    exp = explain_facts(_facts(row), parse_rules(row.rules), now=NOW)
+    action, category, rule_id = row.expect
+    (sentence,) = exp.sentences
+    as_category = category in ("malware", "bulk", "forgery", "phishing", "spam")
+    assert sentence.startswith(f"{_VERBS[action]} as {category}: " if as_category else f"{_VERBS[action]}: ")
+    if category in ("allow", "block"):
+        assert f"entry {rule_id} " in sentence
+    text = exp.to_text()
+    assert sentence in text and rule_id in text
+
+
+def test_explain_names_the_safe_fix_when_an_allow_entry_names_a_header_from_strict_ignores():
+    from edrules.rules.explain import explain_facts
+
+    seed = _facts(ROWS[0])
+    exp = explain_facts(seed, parse_rules(ALLOW_SEED), now=NOW)
+    assert exp.sentences == ("quarantined as forgery: header From someotpsite.cz does not match the "
+                             "envelope sender amazonses.com under the strict From-policy",)
+    assert "from_policy: aligned" in exp.hint and "'via: amazonses'" in exp.hint
+    assert explain_facts(seed, parse_rules("name: t"), now=NOW).hint is None
+    forged = _facts(ROWS[5])
+    exp = explain_facts(forged, parse_rules("from_policy: aligned\n" + ALLOW_SEED), now=NOW)
+    assert "not authenticated for this message" in exp.hint

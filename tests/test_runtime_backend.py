@@ -384,3 +384,49 @@ def test_interval_index_finds_exactly_the_covering_cidrs(nets, ips):
         addr = ipaddress.ip_address(ip)
         expected = tuple(i for i, n in enumerate(nets) if n.version == addr.version and addr in n)
         assert idx.lookup(ip_to_int(ip)) == expected
+
+
+# -- hostile facts --------------------------------------------------------------------------
+
+_text = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(
+    ["", "a@b.example", "B.Example", "example.com.", "xn--bcher-kva.example", "::1", "10.0.0.1", "pass", "fail"]))
+hostile_facts = st.builds(
+    MessageFacts,
+    msg_key=st.just("h"),
+    header_from=_text, header_from_domain=_text, header_from_org=_text, from_invalid=st.booleans(),
+    envelope_from=_text, envelope_from_domain=_text, envelope_from_org=_text,
+    client_ip=st.one_of(_text, st.sampled_from(["2001:db8::1", "192.0.2.1", "999.1.1.1", "fe80::1%eth0"])),
+    helo=_text, helo_org=_text,
+    spf=st.sampled_from([None, "pass", "fail", "softfail", "none", "garbage"]),
+    dkim=st.lists(st.builds(DkimSignatureResult, _text, _text, st.sampled_from(["pass", "fail", ""]), _text),
+                  max_size=3).map(tuple),
+    dmarc=st.sampled_from([None, "pass", "fail", "none"]),
+    dmarc_policy=st.sampled_from([None, "none", "quarantine", "reject", "REJECT"]),
+    bulk_provider=st.sampled_from([None, "amazonses", "sendgrid", "unknown"]),
+    category=st.sampled_from([None, "malware", "phishing", "spam", "ham", "weird"]),
+    recipients=st.lists(st.one_of(st.text(max_size=8), st.just("a@corp.example")), max_size=3).map(tuple),
+)
+HOSTILE_RULES = parse_rules("""
+from_policy: aligned
+bulk_mailers: {amazonses: allow, sendgrid: block}
+inbound: {relays: [192.0.2.0/24, "2001:db8::/32"]}
+allow:
+  - {domain: b.example, subdomains: true, scope: "domain:corp.example"}
+  - {sender: a@b.example, via: amazonses}
+  - {domain: b.example, via: 10.0.0.0/8, expires: 2026-01-01}
+  - {ip: "::/0"}
+block:
+  - {domain: example.com, subdomains: true}
+  - {sender: a@b.example, via: b.example, scope: "user:a@corp.example"}
+  - {ip: 0.0.0.0/0}
+""")
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_facts)
+def test_the_runtime_never_crashes_and_answers_every_recipient_in_order(f):
+    vs = RuntimeEvaluator(HOSTILE_RULES).evaluate(f, NOW)
+    assert [v.recipient for v in vs] == list(f.recipients)
+    for v in vs:
+        assert v.category in ("malware", "block", "allow", "bulk", "forgery", "phishing", "spam", "clean")
+        assert v.rule_id and v.reason and v.trace

@@ -154,11 +154,7 @@ def explain_message(
     """Ingest one raw message (headers suffice) and explain it against a pack (or the default
     policy: strict, no entries). Authentication-Results are believed only from the given
     authserv-ids; with none given, ingest's per-message auto-detection applies."""
-    try:
-        from edrules.ingest import TrustConfig, facts_from_bytes
-    except ImportError:  # the package __init__ re-exports these; older trees lack it
-        from edrules.ingest.extract import facts_from_bytes
-        from edrules.ingest.trust import TrustConfig
+    from edrules.ingest import TrustConfig, facts_from_bytes  # the analyst side, imported on use
 
     if pack_path is not None:
         from edrules.pack import load_pack
