@@ -197,3 +197,10 @@ from hypothesis import strategies as st  # noqa: E402
 @given(sender=st.text(max_size=80), helo=st.text(max_size=80), ip=st.sampled_from(["192.0.2.1", "2001:db8::1", "300.1.1.1", ""]))
 def test_check_spf_never_raises_on_hostile_identities(zone, sender, helo, ip):
     assert check_spf(ip, helo, sender, zone).result in set(AuthResult)
+
+
+def test_a_check_that_runs_out_of_its_dns_time_budget_is_a_temperror(zone, monkeypatch):
+    import edrules.auth.spf as spf_module
+
+    monkeypatch.setattr(spf_module, "QUERY_TIME", -1.0)  # the budget is already spent
+    assert check_spf("192.0.2.25", "h", "alice@example.com", zone).result is AuthResult.TEMPERROR

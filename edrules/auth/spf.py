@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import dns.exception
@@ -13,9 +14,9 @@ from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver, TempE
 from edrules.domains import normalize_address, normalize_domain
 from edrules.facts import AuthResult
 
-# pyspf's total time budget per check (RFC 7208 4.6.4 suggests >= 20 s); the resolver has
-# its own per-query timeouts, so this only bounds pathological include trees.
-QUERY_TIME = 20
+# Total DNS time budget per check (RFC 7208 4.6.4: at least 20 s); the resolver has its own
+# per-query timeouts, so this only bounds a slow, deep include tree.
+QUERY_TIME = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class _ResolverQuery(pyspf.query):
 
     def __init__(self, resolver: Resolver, **kwargs):
         self._resolver = resolver
+        self._deadline = time.monotonic() + QUERY_TIME
         super().__init__(**kwargs)
 
     def _fetch(self, name: str, qtype: str) -> list:
@@ -78,6 +80,8 @@ class _ResolverQuery(pyspf.query):
         key = (name.lower(), qtype)
         result = self.cache.get(key)
         if result is None:
+            if time.monotonic() > self._deadline:
+                raise pyspf.TempError(f"SPF check exceeded {QUERY_TIME:.0f} s of DNS time")
             result = self._fetch(name, qtype)
             self.cache[key] = result
         if not result and not ignore_void:
@@ -89,7 +93,7 @@ class _ResolverQuery(pyspf.query):
 
 def spf_query(ip: str, helo: str, envelope_from: str, resolver: Resolver) -> pyspf.query:
     """A pyspf query object wired to `resolver` (for callers needing pyspf's extras)."""
-    return _ResolverQuery(resolver, i=ip, s=envelope_from or "", h=helo or "", querytime=QUERY_TIME)
+    return _ResolverQuery(resolver, i=ip, s=envelope_from or "", h=helo or "")
 
 
 def check_spf(ip: str, helo: str | None, envelope_from: str | None, resolver: Resolver) -> SpfOutcome:
