@@ -342,17 +342,34 @@ def spam_via_ses(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
 
 
 def ceo_fraud(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
-    """Header From is the CEO; the envelope and Reply-To are the attacker's; nothing aligns."""
+    """CEO fraud in its two common shapes, alternating by day:
+
+    the CEO's own address in From with the attacker's envelope and Reply-To (nothing aligns,
+    strict calls it a forgery), or only her display name on a freemail account whose SPF,
+    DKIM and DMARC all pass (no From-policy catches that; only the content does).
+    """
     if not is_workday(day) or rng.random() > 0.35:
         return
     rcpt = [ctx.finance] if rng.random() < 0.75 else [rng.choice(ctx.by_role("sales", "HR"))]
     when = _when(rng, day)
     subject, body = text.ceo_fraud(rng, ctx.ceo.user, rcpt[0].user)
-    ip = f"203.0.113.{80 + rng.randrange(8)}"
-    route = Route(f"mailer{rng.randrange(10, 99)}@office-securemail.net", f"vps{ip.rsplit('.', 1)[1]}.office-securemail.net", ip, None)
-    content = Content((("From", ctx.ceo.header), ("To", rcpt[0].header), ("Subject", subject),
-                       ("Reply-To", f"{ctx.ceo.user.name} <{ctx.ceo.user.local}.ceo@freepost-mail.cz>")), body)
-    yield _draft("ceo_fraud", Category.PHISHING, when, route, rcpt, content, (), _msgid(rng, "office-securemail.net"))
+    ceo = ctx.ceo.user
+    if day.toordinal() % 3:
+        ip = f"203.0.113.{80 + rng.randrange(8)}"
+        route = Route(f"mailer{rng.randrange(10, 99)}@office-securemail.net",
+                      f"vps{ip.rsplit('.', 1)[1]}.office-securemail.net", ip, None)
+        headers = (("From", ctx.ceo.header), ("To", rcpt[0].header), ("Subject", subject),
+                   ("Reply-To", f"{ceo.name} <{ceo.local}.ceo@freepost-mail.cz>"))
+        signers: tuple[tuple[str, str], ...] = ()
+    else:
+        freemail = f"{ceo.local}.{rng.choice(('office', 'ceo', 'private'))}@freepost-mail.cz"
+        ip = f"198.51.100.{130 + rng.randrange(8)}"
+        route = Route(freemail, "smtp.freepost-mail.cz", ip, "smtp.freepost-mail.cz")
+        headers = (("From", f"{ceo.name} <{freemail}>"), ("To", rcpt[0].header), ("Subject", subject))
+        signers = (("freepost-mail.cz", "fp1"),)
+    content = Content(headers, body)
+    yield _draft("ceo_fraud", Category.PHISHING, when, route, rcpt, content, signers,
+                 _msgid(rng, route.envelope_from.rpartition("@")[2]))
 
 
 def ses_forged_brand(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
@@ -448,7 +465,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("bounce", Category.HAM, "a partner MTA's bounces: null envelope sender <>, SPF and DMARC on the HELO name", bounce),
     Scenario("spam", Category.SPAM, "botnet and snowshoe spam, some with SPF/DKIM passing for throwaway domains", spam),
     Scenario("spam_via_ses", Category.SPAM, "spam through an abused Amazon SES account", spam_via_ses),
-    Scenario("ceo_fraud", Category.PHISHING, "CEO fraud: header From is the CEO, envelope and Reply-To elsewhere", ceo_fraud),
+    Scenario("ceo_fraud", Category.PHISHING, "CEO fraud: the CEO's address with an unaligned envelope, or her name on a passing freemail account", ceo_fraud),
     Scenario("ses_forged_brand", Category.PHISHING, "someotpsite.cz and parcelzone.cz forged via an attacker's SES account (DKIM only amazonses.com)", ses_forged_brand),
     Scenario("lookalike_brand", Category.PHISHING, "someotpsite-security.cz look-alike with passing SPF/DKIM/DMARC", lookalike_brand),
     Scenario("lookalike_tenant", Category.PHISHING, "invoice fraud from n0rthwind-traders.cz", lookalike_tenant),
