@@ -208,3 +208,24 @@ def test_mailauth_ed25519_and_rsa_relaxed_signatures_verify_end_to_end(corpus):
         ("brisbane", AuthResult.PASS), ("test", AuthResult.PASS)}
     r = authenticate(message, "213.165.64.12", "mail.football.example.com", "joe@football.example.com", zone)
     assert (r.spf.result, r.dmarc.result) == (AuthResult.PASS, AuthResult.NONE)  # no DMARC record published
+
+
+_TAG_VALUES = {
+    "v": ["1", "2", ""], "a": ["rsa-sha256", "rsa-sha1", "ed25519-sha256", "rsa-sha512"],
+    "c": ["relaxed/relaxed", "simple", "relaxed/x", ""], "d": ["example.org", "", "..", "other.example"],
+    "s": ["rsa2048", "ed", "absent", "x y"], "h": ["from:to", "", "to", "from : from", ":"],
+    "bh": ["AAAA", "", "!!!", "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="], "b": ["AAAA", "", "!!!", "a" * 300],
+    "l": ["0", "-1", "x", "99999999999999999999"], "x": ["0", "1", "x"], "t": ["0", "x"], "i": ["@example.org", "x"],
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tags=st.fixed_dictionaries({}, optional={k: st.sampled_from(v) for k, v in _TAG_VALUES.items()}),
+       header=st.sampled_from(["DKIM-Signature", "ARC-Message-Signature", "ARC-Seal"]))
+def test_structurally_odd_signatures_give_result_words_never_exceptions(zone, tags, header):
+    from edrules.auth.arc import verify_arc
+
+    sig = "; ".join(f"{k}={v}" for k, v in tags.items())
+    message = f"{header}: i=1; {sig}\r\n".encode() + MESSAGE
+    assert all(o.result in set(AuthResult) for o in verify_dkim(message, zone))
+    assert verify_arc(message, zone).result in (AuthResult.PASS, AuthResult.FAIL, AuthResult.NONE)
