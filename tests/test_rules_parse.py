@@ -86,6 +86,7 @@ def _errors(text: str) -> list[EdrulesError]:
 ERROR_CASES = [
     ("name: x\n  bad: indent\n", "invalid YAML: mapping values are not allowed here", 2, None),
     ("name: a\nname: b\n", "duplicate key 'name'", 2, "name"),
+    ("allow:\n  - &x {sender: a@b.example}\n  - *x\n", "YAML anchors and aliases are not supported", 3, None),
     ("- just\n- a list\n", "a rules file must be a mapping", 1, None),
     ("name: x\nfrom_polcy: strict\n", "unknown key 'from_polcy'; did you mean 'from_policy'?", 2, "from_polcy"),
     ("allow: {sender: a@b.example}\n", "must be a list (got a mapping)", 1, "allow"),

@@ -125,7 +125,7 @@ def _load_located(text: str) -> _Loaded:
 
     Duplicate mapping keys raise (PyYAML would silently keep the last one, hiding an entry).
     """
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = yaml.compose(text, Loader=_NoAliasLoader)
     lines: dict[PathKey, int] = {(): 1}
     constructor = yaml.SafeLoader("")
 
@@ -152,6 +152,17 @@ def _load_located(text: str) -> _Loaded:
     if node is None:
         return _Loaded({}, lines)
     return _Loaded(walk(node, ()), lines)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Refuses aliases where they occur: they let a small document expand without bound
+    ("billion laughs") or refer to itself, and rules files have no need for them."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Located("YAML anchors and aliases are not supported in rules files", mark.line + 1)
+        return super().compose_node(parent, index)
 
 
 class _Located(Exception):
@@ -197,6 +208,8 @@ class _Parser:
             loaded = _load_located(text)
         except _Located as exc:
             return None, [EdrulesError(exc.message, Location(self.source, exc.line, exc.field))]
+        except RecursionError:
+            return None, [EdrulesError("YAML nesting is too deep", Location(self.source))]
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
