@@ -264,3 +264,18 @@ def test_explain_prints_the_forgery_sentence_for_the_seed_message(tmp_path, keys
     assert (v["recipient"], v["action"], v["category"], v["rule_id"]) == (
         "demo@exchangedefenderdemo.com", "quarantine", "forgery", "from_policy:strict")
     assert doc["facts"]["header_from"] == "donotreply@someotpsite.cz"
+
+
+def test_every_pack_and_explain_command_and_option_is_documented():
+    from edrules.rules.cli import explain, pack
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "rules.md").read_text(encoding="utf-8")
+    cli_section = doc.split("## Command line", 1)[1]
+    commands = [(f"edrules pack {name}", cmd) for name, cmd in pack.commands.items()]
+    commands.append(("edrules explain", explain))
+    for title, cmd in commands:
+        assert title in cli_section, title
+        for param in cmd.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-"):
+                    assert opt in cli_section, f"{title} {opt}"
