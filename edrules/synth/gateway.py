@@ -8,7 +8,7 @@ truthful when a scenario changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import dkim
@@ -16,6 +16,7 @@ import spf
 
 from edrules.domains import address_domain, normalize_address, normalize_domain, org_domain
 from edrules.facts import AuthResult
+from edrules.synth.calendar import prague_offset_minutes
 from edrules.synth.zone import Zone
 
 
@@ -152,12 +153,15 @@ def authentication_results(authserv_id: str, outcome: AuthOutcome, envelope_from
 
 def received(helo: str, ip: str, rdns: str | None, by: str, queue_id: str, recipient: str | None,
              when: datetime) -> str:
-    """A Postfix-style Received header written by the gateway (the trusted hop)."""
+    """A Postfix-style Received header written by the gateway (the trusted hop), in Prague time."""
     literal = f"IPv6:{ip}" if ":" in ip else ip
     rcpt = f"\n\tfor <{recipient}>" if recipient else ""
+    offset = prague_offset_minutes(when)
+    local = when.astimezone(timezone(timedelta(minutes=offset)))
     return (
         f"from {helo} ({rdns or 'unknown'} [{literal}])\n"
         f"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\n"
+        f"\t(No client certificate requested)\n"
         f"\tby {by} (Postfix) with ESMTPS id {queue_id}{rcpt};\n"
-        f"\t{format_datetime(when)}"
+        f"\t{format_datetime(local)} ({'CEST' if offset == 120 else 'CET'})"
     )
