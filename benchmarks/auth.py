@@ -51,7 +51,7 @@ class DictResolver:
         return []
 
 
-def rate(fn, rounds: int = 3) -> tuple[float, int]:
+def rate(fn, rounds: int = 5) -> tuple[float, int]:
     """Calls per second of fn: best of `rounds` runs of SECONDS/rounds each, after a warm-up
     call. Best-of, because the benchmark machine is shared and noise only ever slows down."""
     fn()
@@ -99,7 +99,7 @@ def main() -> None:
          "bare header parse (compat32)", rate(lambda: parser.parsebytes(message))),
     ]
     print(f"edrules auth benchmark — Python {platform.python_version()}, {platform.machine()}, "
-          f"best of 3 x {SECONDS / 3:.1f} s per measurement, one core, zone resolver ({ZONE.name})")
+          f"best of 5 x {SECONDS / 5:.1f} s per measurement, one core, zone resolver ({ZONE.name})")
     print(f"{'check':<48} {'edrules/s':>10}   {'baseline':<32} {'baseline/s':>10}")
     for name, (ours, _), base_name, (base, _) in rows:
         print(f"{name:<48} {ours:>10,.0f}   {base_name:<32} {base:>10,.0f}")

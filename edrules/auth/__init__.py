@@ -51,7 +51,7 @@ _parser = BytesHeaderParser(policy=compat32)
 
 def from_domains(message: bytes) -> tuple[str, ...]:
     """Addresses of all mailboxes in all From headers (headers only, compat32: fast)."""
-    headers = _parser.parsebytes(message)
+    headers = _parser.parsebytes(message[: header_end(message)])  # the body is never needed
     values = [str(v) for v in headers.get_all("From", [])]
     out = []
     for _name, addr in getaddresses(values):
