@@ -83,6 +83,10 @@ def test_the_quarantine_export_loads_as_one_row_per_quarantined_message(demo, co
         len(r["recipient"].split(";")) for r in rows)
     assert _scalar(con, """SELECT count(*) FROM messages WHERE dataset = 'demo-quarantine'
                            AND quarantine_state = 'quarantined'""") == len(rows)
+    # each row names its .eml, so it is the same message (same key, same gateway time) as in the folders
+    assert _scalar(con, """SELECT count(*) FROM messages q JOIN messages d
+                           ON d.msg_key = q.msg_key AND d.dataset = 'demo' AND d.received_at = q.received_at
+                           WHERE q.dataset = 'demo-quarantine'""") == len(rows)
 
 
 def test_the_printed_summary_matches_an_independent_count(demo, con):
