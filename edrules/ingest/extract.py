@@ -1,0 +1,431 @@
+"""Turn one raw message (or pasted header block) into MessageFacts, trusting only our side's headers."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Sequence
+
+from edrules.catalog import load_catalog
+from edrules.domains import address_domain, normalize_address, normalize_domain, org_domain
+from edrules.errors import EdrulesError, Location
+from edrules.facts import DkimSignatureResult, MessageFacts
+from edrules.ingest.authheaders import (
+    NO_AUTHSERV_ID,
+    AuthResults,
+    MethodResult,
+    ReceivedSpf,
+    dmarc_policy,
+    parse_authentication_results,
+    parse_received_spf,
+)
+from edrules.ingest.headers import HeaderBlock, decode_words, mailboxes, split_header_block
+from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, parse_received
+from edrules.ingest.trust import TrustConfig
+
+CATEGORY_ALIASES = {"clean": "ham", "ham": "ham", "spam": "spam", "phishing": "phishing", "malware": "malware"}
+_RSPAMD_SPAM = {"reject", "add header", "rewrite subject", "soft reject"}
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str  # normalised; '' when none could be found
+    domain: str | None
+    source: str  # envelope | delivered-to | x-original-to | to-cc | none
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractedMessage:
+    facts: MessageFacts
+    hops: tuple[Hop, ...]
+    headers: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...]
+    recipient_rows: tuple[Recipient, ...]
+
+
+def normalize_category(value: str | None, where: Location | None = None) -> str | None:
+    """malware | phishing | spam | ham ('clean' accepted) or None; anything else is an error."""
+    if value is None or not str(value).strip():
+        return None
+    c = CATEGORY_ALIASES.get(str(value).strip().lower())
+    if c is None:
+        raise EdrulesError(
+            f"unknown category {value!r} (use malware, phishing, spam, ham or clean)", where
+        )
+    return c
+
+
+def _top_id(value: str) -> str:
+    """Authserv-id of an A-R value without a full parse (cheap: only trusted ones are parsed)."""
+    head = value.split(";", 1)[0].strip()
+    if "=" in head.split("(", 1)[0]:
+        return NO_AUTHSERV_ID
+    return head.split()[0].lower() if head.split() else ""
+
+
+def _chain(hops: Sequence[Hop], start: int, trust: TrustConfig) -> int:
+    """Follow our own relays down from hop `start`: a hop is believed when the host that
+    handed the message to the previous believed hop is a trusted relay."""
+    i = start
+    while i + 1 < len(hops) and trust.trusts_relay_ip(hops[i].from_ip):
+        i += 1
+    return i
+
+
+def edge_hop(hops: Sequence[Hop], trust: TrustConfig) -> int | None:
+    """Index of the Received field written by the first trusted relay (the one that talked
+    to the outside client), or None without Received fields. Hop 0 was written by the
+    system that stored the message; the top-most field whose by-host is a trusted
+    authserv-id was written by that gateway (anything forged sits below it)."""
+    if not hops:
+        return None
+    edge = _chain(hops, 0, trust)
+    for h in hops:
+        if trust.writes_hop(h.by_host):
+            if h.idx > edge:
+                edge = _chain(hops, h.idx, trust)
+            break
+    return edge
+
+
+def _dkim_domain(r: MethodResult) -> str | None:
+    d = r.props.get("header.d")
+    if not d:
+        i = r.props.get("header.i", "")
+        d = i.rpartition("@")[2] if i else None
+    return normalize_domain(d) if d else None
+
+
+def _mail_from(value: str | None) -> tuple[str | None, str | None]:
+    """(address or None, domain) of an smtp.mailfrom / envelope-from value."""
+    if value is None:
+        return None, None
+    v = value.strip().strip("<>").strip()
+    if v == "":
+        return "", None
+    if "@" in v:
+        a = normalize_address(v)
+        return a, address_domain(a)
+    return None, normalize_domain(v)
+
+
+def facts_from_bytes(
+    raw: bytes,
+    *,
+    source: str = "",
+    dataset: str = "default",
+    trust: TrustConfig | None = None,
+    envelope_from: str | None = None,
+    recipients: Sequence[str] | None = None,
+    client_ip: str | None = None,
+    helo: str | None = None,
+    label: str | None = None,
+    mbox_from: str | None = None,
+) -> ExtractedMessage:
+    """Facts of one message. Explicit envelope_from / recipients / client_ip / helo are what
+    the MTA knows and always win over headers; mbox_from is the sender of an mbox `From ` line.
+    With trust.auto_detect and no authserv_ids, the ids heading this message's auth headers
+    are trusted (ingest_paths instead detects them once per dataset)."""
+    trust = trust or TrustConfig()
+    return extract(
+        raw,
+        source=source,
+        dataset=dataset,
+        trust=trust,
+        detect_per_message=trust.auto_detect and not trust.authserv_ids,
+        envelope_from=envelope_from,
+        recipients=recipients,
+        client_ip=client_ip,
+        helo=helo,
+        label=label,
+        mbox_from=mbox_from,
+    )
+
+
+def top_auth_ids(block: HeaderBlock) -> set[str]:
+    """Authserv-id of the top-most A-R and receiver of the top-most Received-SPF."""
+    out: set[str] = set()
+    ar = block.first("authentication-results")
+    if ar is not None:
+        i = _top_id(ar)
+        if i:
+            out.add(i)
+    spf = block.first("received-spf")
+    if spf is not None:
+        parsed = parse_received_spf(spf)
+        if parsed and parsed.receiver:
+            out.add(parsed.receiver)
+    return out
+
+
+def extract(
+    raw: bytes,
+    *,
+    source: str,
+    dataset: str,
+    trust: TrustConfig,
+    detect_per_message: bool,
+    envelope_from: str | None = None,
+    recipients: Sequence[str] | None = None,
+    client_ip: str | None = None,
+    helo: str | None = None,
+    label: str | None = None,
+    mbox_from: str | None = None,
+    category: str | None = None,
+    score: float | None = None,
+    received_at: datetime | None = None,
+    quarantine_state: str | None = None,
+    msg_key: str | None = None,
+) -> ExtractedMessage:
+    block = split_header_block(raw)
+    if not block.fields:
+        raise EdrulesError("no header fields found (not a message)", Location(source or None, 1))
+    warnings = list(block.warnings)
+    fields = block.fields
+    if detect_per_message:
+        trust = trust.with_ids(top_auth_ids(block))
+
+    # --- Received chain and the edge hop
+    hops = tuple(
+        parse_received(v, idx=n, position=pos)
+        for n, (pos, v) in enumerate(block.get_all("received"))
+    )
+    edge = edge_hop(hops, trust)
+    # Auth headers count only above the first Received field an outsider could have written.
+    limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
+
+    # --- trusted Authentication-Results / Received-SPF (top-most per method wins)
+    chosen: dict[str, tuple[AuthResults, list[MethodResult]]] = {}
+    spf_header: ReceivedSpf | None = None
+    for pos, (name, value) in enumerate(fields[:limit]):
+        lname = name.lower()
+        if lname == "authentication-results":
+            if not trust.trusts_id(_top_id(value)):
+                continue
+            ar = parse_authentication_results(value, pos)
+            if ar is None:
+                warnings.append(f"unparsable-authentication-results:{pos}")
+                continue
+            by_method: dict[str, list[MethodResult]] = {}
+            for r in ar.results:
+                by_method.setdefault(r.method, []).append(r)
+            for method, rs in by_method.items():
+                chosen.setdefault(method, (ar, rs))
+        elif lname == "received-spf" and spf_header is None:
+            parsed = parse_received_spf(value, pos)
+            if parsed and trust.trusts_receiver(parsed.receiver):
+                spf_header = parsed
+
+    spf = spf_domain = dmarc = policy = authserv = None
+    ar_mailfrom: str | None = None
+    dkim: list[DkimSignatureResult] = []
+    if "spf" in chosen:
+        ar, rs = chosen["spf"]
+        authserv = ar.authserv_id
+        spf = rs[0].result
+        ar_mailfrom = rs[0].props.get("smtp.mailfrom")
+        _, spf_domain = _mail_from(ar_mailfrom)
+        if not spf_domain and rs[0].props.get("smtp.helo"):
+            spf_domain = normalize_domain(rs[0].props["smtp.helo"])
+    elif spf_header is not None:
+        spf = spf_header.result
+        _, spf_domain = _mail_from(spf_header.envelope_from)
+        if not spf_domain and spf_header.helo:
+            spf_domain = normalize_domain(spf_header.helo)
+    if "dkim" in chosen:
+        ar, rs = chosen["dkim"]
+        authserv = authserv or ar.authserv_id
+        for r in rs:
+            d = _dkim_domain(r)
+            s = r.props.get("header.s")
+            dkim.append(DkimSignatureResult(d=d, s=s or None, result=r.result or "permerror", org=org_domain(d)))
+    if "dmarc" in chosen:
+        ar, rs = chosen["dmarc"]
+        authserv = authserv or ar.authserv_id
+        dmarc = rs[0].result
+        policy = dmarc_policy(rs[0])
+    if authserv is None and spf_header is not None:
+        authserv = spf_header.receiver
+
+    # --- envelope sender: explicit > Return-Path > mbox From line > Received-SPF > A-R smtp.mailfrom
+    env_from: str | None = None
+    env_domain: str | None = None
+    if envelope_from is not None:
+        env_from, env_domain = _mail_from(envelope_from)
+    else:
+        rp = block.first("return-path")
+        candidates = [
+            rp,
+            mbox_from,
+            spf_header.envelope_from if spf_header else None,
+            ar_mailfrom,
+        ]
+        for cand in candidates:
+            if cand is None:
+                continue
+            a, d = _mail_from(cand)
+            if a is not None or d is not None:
+                env_from, env_domain = a, d
+                break
+    if env_from and "@" not in env_from:
+        env_from, env_domain = None, None  # a local part alone tells rules nothing reliable
+
+    # --- client IP / HELO: explicit > Received field of the first trusted relay > Received-SPF
+    ptr = None
+    ip = normalize_ip(client_ip) if client_ip else None
+    helo_name = helo.strip().strip("[]").rstrip(".").lower() if helo else None
+    if edge is not None:
+        h = hops[edge]
+        if ip is None and client_ip is None:
+            ip = h.from_ip
+            ptr = h.from_rdns
+        if helo_name is None and helo is None:
+            helo_name = h.from_host
+    if spf_header is not None:
+        if ip is None and client_ip is None:
+            ip = normalize_ip(spf_header.client_ip)
+        if helo_name is None and helo is None and spf_header.helo:
+            helo_name = normalize_ip(spf_header.helo) or normalize_domain(spf_header.helo)
+    if helo_name and not is_ip_literal(helo_name):
+        helo_name = normalize_domain(helo_name)
+    helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
+
+    # --- header From
+    from_values = [v for _, v in block.get_all("from")]
+    header_from = from_domain = from_display = None
+    from_invalid = len(from_values) != 1
+    if len(from_values) == 1:
+        boxes = mailboxes(from_values[0])
+        if len(boxes) == 1:
+            display, addr = boxes[0]
+            a = normalize_address(decode_words(addr))
+            if a and "@" in a and address_domain(a):
+                header_from, from_domain = a, address_domain(a)
+                from_display = decode_words(display) or None
+            else:
+                from_invalid = True
+        else:
+            from_invalid = True
+    reply_boxes = mailboxes(block.first("reply-to") or "")
+    reply_to = normalize_address(reply_boxes[0][1]) if reply_boxes else None
+
+    # --- recipients: explicit > Delivered-To > X-Original-To > To+Cc
+    rcpts = _recipients(block, recipients)
+
+    # --- category / score: explicit > trusted scanner headers > label
+    cat = normalize_category(category, Location(source or None, field="category"))
+    sc = score
+    if cat is None:
+        cat, header_score = _scanner_verdict(fields[:limit] if edge is not None else ())
+        sc = sc if sc is not None else header_score
+    if cat is None:
+        cat = normalize_category(label, Location(field="label"))
+
+    envelope_org = org_domain(env_domain) if env_domain else None
+    provider = load_catalog().identify(
+        env_domain, [d.d for d in dkim if d.result == "pass" and d.d], helo_name, ptr
+    )
+    when = received_at
+    if when is None and hops:
+        when = hops[0].received_at
+    if when is None:
+        when = parse_date(block.first("date"))
+    facts = MessageFacts(
+        msg_key=msg_key or hashlib.sha256(raw).hexdigest(),
+        dataset=dataset,
+        source=source,
+        received_at=when,
+        message_id=(block.first("message-id") or "").strip() or None,
+        subject=decode_words(block.first("subject")),
+        header_from=header_from,
+        header_from_domain=from_domain,
+        header_from_org=org_domain(from_domain) if from_domain else None,
+        from_display=from_display,
+        from_invalid=from_invalid,
+        reply_to=reply_to,
+        envelope_from=env_from,
+        envelope_from_domain=env_domain,
+        envelope_from_org=envelope_org,
+        client_ip=ip,
+        helo=helo_name,
+        helo_org=helo_org,
+        spf=spf,
+        spf_domain=spf_domain,
+        dkim=tuple(dkim),
+        dmarc=dmarc,
+        dmarc_policy=policy,
+        authserv_id=authserv,
+        bulk_provider=provider,
+        list_unsubscribe=block.first("list-unsubscribe"),
+        category=cat,
+        score=sc,
+        size=len(raw),
+        quarantine_state=quarantine_state,
+        recipients=tuple(r.address for r in rcpts),
+    )
+    if edge is not None:
+        hops = tuple(replace(h, trusted=True) if h.idx <= edge else h for h in hops)
+    return ExtractedMessage(facts, hops, fields, tuple(warnings), rcpts)
+
+
+def _recipients(block: HeaderBlock, explicit: Sequence[str] | None) -> tuple[Recipient, ...]:
+    def rows(addrs, src):
+        out, seen = [], set()
+        for a in addrs:
+            n = normalize_address(a)
+            if n and n not in seen:
+                seen.add(n)
+                out.append(Recipient(n, address_domain(n), src))
+        return out
+
+    if explicit:
+        got = rows(explicit, "envelope")
+        if got:
+            return tuple(got)
+    for lname in ("delivered-to", "x-original-to"):
+        v = block.first(lname)
+        if v:
+            got = rows([a for _, a in mailboxes(v)] or [v], lname)
+            if got:
+                return tuple(got)
+    addrs = [a for lname in ("to", "cc") for _, v in block.get_all(lname) for _, a in mailboxes(v)]
+    got = rows(addrs, "to-cc")
+    return tuple(got) if got else (Recipient("", None, "none"),)
+
+
+def _scanner_verdict(fields) -> tuple[str | None, float | None]:
+    """Positive verdicts of scanners on our side (SpamAssassin, rspamd). A 'not spam' stamp
+    sets nothing, so a dataset label still applies."""
+    cat = None
+    score = None
+    for name, value in fields:
+        lname = name.lower()
+        v = value.strip().lower()
+        if lname == "x-spam-flag" and v.startswith("yes"):
+            cat = cat or "spam"
+        elif lname == "x-spam-status":
+            if v.startswith("yes"):
+                cat = cat or "spam"
+            score = score if score is not None else _number_after(v, ("score=", "hits="))
+        elif lname == "x-spam-score" and score is None:
+            score = _number_after(v, ("",))
+        elif lname == "x-rspamd-action" and v in _RSPAMD_SPAM:
+            cat = cat or "spam"
+        elif lname == "x-rspamd-score" and score is None:
+            score = _number_after(v, ("",))
+    return cat, score
+
+
+def _number_after(text: str, keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        i = text.find(k)
+        if i < 0:
+            continue
+        tok = text[i + len(k):].split(None, 1)[0] if text[i + len(k):].split() else ""
+        tok = tok.rstrip(",;")
+        try:
+            return float(tok)
+        except ValueError:
+            continue
+    return None

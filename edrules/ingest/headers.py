@@ -1,0 +1,162 @@
+"""Split a raw message into unfolded header fields, tolerating pastes and broken mail."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.utils import getaddresses
+
+# Patterns start with a literal '\n' so the regex engine can scan with memchr.
+_BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")
+# A single field longer than this is cut (a 1 MB Subject must not stall every later step).
+MAX_FIELD_CHARS = 65536
+MAX_FIELDS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderBlock:
+    """Unfolded (name, value) fields in message order; names keep their spelling."""
+
+    fields: tuple[tuple[str, str], ...]
+    header_bytes: int
+    has_body: bool
+    warnings: tuple[str, ...]
+    index: dict[str, list[int]]  # lower-case name -> field positions, top first
+
+    def get_all(self, lname: str) -> list[tuple[int, str]]:
+        """(index, value) of every field whose lower-cased name is lname, top first."""
+        return [(i, self.fields[i][1]) for i in self.index.get(lname, ())]
+
+    def first(self, lname: str) -> str | None:
+        pos = self.index.get(lname)
+        return self.fields[pos[0]][1] if pos else None
+
+
+# RFC 5322 field name: printable ASCII except colon; obsolete syntax allows blanks before ':'.
+_FIELD_S = re.compile(r"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_LOGICAL = re.compile(r"\n(?![ \t])")
+# A line that is neither a field nor a continuation sends parsing down the careful path.
+_BAD_LINE = re.compile(r"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:|\r?$)")
+_UNFOLD = re.compile(r"\n(?=[ \t])")
+_NBSP_FOLD = re.compile(r"(^|\n)\xa0+")
+
+
+def _decode_block(block: bytes, warnings: list[str]) -> str:
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        # 8-bit headers with no declared charset: per line, UTF-8 where valid, else latin-1
+        # (never fails and keeps every byte visible).
+        warnings.append("8bit-header")
+        out = []
+        for line in block.split(b"\n"):
+            try:
+                out.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(line.decode("latin-1"))
+        return "\n".join(out)
+
+
+def split_header_block(raw: bytes) -> HeaderBlock:
+    """Header fields of a message or of a pasted header dump.
+
+    A line without a colon that is not indented is a continuation whose folding whitespace
+    was lost (typical of pastes) when another header field follows it; otherwise it starts
+    the body (a message missing its blank separator line). Pastes that fold with no-break
+    spaces are unfolded like ordinary folding.
+    """
+    warnings: list[str] = []
+    start = 0
+    # Leading blank lines come from pastes; skip them rather than reading an empty header.
+    while start < len(raw) and raw[start] in b" \t\r\n":
+        start += 1
+    m = _BLANK_LINE.search(raw, start)
+    end = m.start() if m else len(raw)
+    if end and raw[end - 1 : end] == b"\r":
+        end -= 1
+    has_body = m is not None and m.end() < len(raw)
+    text = _decode_block(raw[start:end], warnings)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if "\xa0" in text:
+        text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " ", text)
+    if _BAD_LINE.search(text) is None and _FIELD_S.match(text):
+        # Fast path (nearly every message): every line is a field or a continuation.
+        unfolded = _UNFOLD.sub("", text)
+        if "\r" in unfolded:
+            unfolded = unfolded.replace("\r", "")
+        pairs = []
+        for line in unfolded.split("\n"):
+            if line:
+                name, _, value = line.partition(":")
+                pairs.append((name.rstrip(), value.strip()))
+        if len(pairs) > MAX_FIELDS:
+            pairs = pairs[:MAX_FIELDS]
+            warnings.append("too-many-fields")
+        return _finish(pairs, end, has_body, warnings)
+    chunks = _LOGICAL.split(text)
+    names: list[str] = []
+    values: list[str] = []
+    n = len(chunks)
+    for i in range(n):
+        chunk = chunks[i]
+        fm = _FIELD_S.match(chunk)
+        if fm:
+            if len(names) >= MAX_FIELDS:
+                warnings.append("too-many-fields")
+                has_body = True
+                break
+            names.append(fm.group(1))
+            values.append(chunk[fm.end():])
+            continue
+        if not chunk.strip():
+            continue
+        if chunk[0] in " \t":
+            warnings.append("leading-continuation")
+            continue
+        if names and (i + 1 >= n or _FIELD_S.match(chunks[i + 1])):
+            values[-1] += " " + chunk
+            warnings.append(f"unfolded-line:{names[-1]}")
+            continue
+        if names:
+            warnings.append(f"no-separator:{names[-1]}")
+        has_body = True
+        break
+    pairs = [(name, value.replace("\r", "").replace("\n", "").strip()) for name, value in zip(names, values)]
+    return _finish(pairs, end, has_body, warnings)
+
+
+def _finish(pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str]) -> HeaderBlock:
+    index: dict[str, list[int]] = {}
+    for pos, (name, value) in enumerate(pairs):
+        if len(value) > MAX_FIELD_CHARS:
+            pairs[pos] = (name, value[:MAX_FIELD_CHARS])
+            warnings.append("long-field")
+        lname = name.lower()
+        if lname in index:
+            index[lname].append(pos)
+        else:
+            index[lname] = [pos]
+    return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index)
+
+
+def decode_words(value: str | None) -> str | None:
+    """RFC 2047 decoding that never raises: broken encoded-words stay as written."""
+    if value is None:
+        return None
+    if "=?" not in value:
+        return " ".join(value.split())
+    try:
+        return " ".join(str(make_header(decode_header(value))).split())
+    except (UnicodeError, LookupError, ValueError, AssertionError, IndexError):
+        return " ".join(value.split())
+
+
+def mailboxes(value: str) -> list[tuple[str, str]]:
+    """(display, address) pairs of an address-list field; empty entries dropped."""
+    try:
+        pairs = getaddresses([value])
+    except (ValueError, IndexError, TypeError):
+        return []
+    return [(d, a) for d, a in pairs if a]

@@ -1,0 +1,246 @@
+"""Columnar batches of extracted messages and their bulk, idempotent load into DuckDB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from edrules.facts import MessageFacts
+from edrules.ingest.extract import ExtractedMessage
+from edrules.schema import ensure_schema
+
+_DKIM = pa.list_(
+    pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()), ("org", pa.string())])
+)
+_TYPES = {
+    "received_at": pa.timestamp("us"),
+    "from_invalid": pa.bool_(),
+    "dkim": _DKIM,
+    "score": pa.float64(),
+    "size": pa.int64(),
+}
+MESSAGES_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.string())) for c in MessageFacts.column_names()])
+RECIPIENTS_SCHEMA = pa.schema(
+    [("dataset", pa.string()), ("msg_key", pa.string()), ("recipient", pa.string()),
+     ("recipient_domain", pa.string()), ("recipient_source", pa.string())]
+)
+HOPS_SCHEMA = pa.schema(
+    [("dataset", pa.string()), ("msg_key", pa.string()), ("idx", pa.int32()), ("from_host", pa.string()),
+     ("from_rdns", pa.string()), ("from_ip", pa.string()), ("by_host", pa.string()),
+     ("protocol", pa.string()), ("received_at", pa.timestamp("us")), ("trusted", pa.bool_()),
+     ("raw", pa.string())]
+)
+HEADERS_SCHEMA = pa.schema(
+    [("dataset", pa.string()), ("msg_key", pa.string()), ("idx", pa.int32()), ("name", pa.string()),
+     ("value", pa.string())]
+)
+ERRORS_SCHEMA = pa.schema(
+    [("dataset", pa.string()), ("source", pa.string()), ("position", pa.string()), ("error", pa.string()),
+     ("detail", pa.string())]
+)
+
+
+def _clean(s: str | None) -> str | None:
+    """Arrow/DuckDB need valid UTF-8: lone surrogates and NULs from hostile input are replaced."""
+    if s is None:
+        return None
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+@dataclass(slots=True)
+class Batch:
+    """Column lists for each table; built in workers, shipped as Arrow tables."""
+
+    messages: dict[str, list] = field(default_factory=lambda: {c: [] for c in MESSAGES_SCHEMA.names})
+    recipients: dict[str, list] = field(default_factory=lambda: {c: [] for c in RECIPIENTS_SCHEMA.names})
+    hops: dict[str, list] = field(default_factory=lambda: {c: [] for c in HOPS_SCHEMA.names})
+    headers: dict[str, list] = field(default_factory=lambda: {c: [] for c in HEADERS_SCHEMA.names})
+    errors: dict[str, list] = field(default_factory=lambda: {c: [] for c in ERRORS_SCHEMA.names})
+    bytes: int = 0
+
+    def add(self, m: ExtractedMessage) -> None:
+        f = m.facts
+        ds, key = f.dataset, f.msg_key
+        cols = self.messages
+        for name in MESSAGES_SCHEMA.names:
+            v = getattr(f, name)
+            if name == "dkim":
+                v = [{"d": _clean(x.d), "s": _clean(x.s), "result": x.result, "org": x.org} for x in v]
+            elif isinstance(v, str):
+                v = _clean(v)
+            cols[name].append(v)
+        r = self.recipients
+        for rc in m.recipient_rows:
+            r["dataset"].append(ds)
+            r["msg_key"].append(key)
+            r["recipient"].append(_clean(rc.address))
+            r["recipient_domain"].append(_clean(rc.domain))
+            r["recipient_source"].append(rc.source)
+        h = self.hops
+        for hop in m.hops:
+            h["dataset"].append(ds)
+            h["msg_key"].append(key)
+            h["idx"].append(hop.idx)
+            h["from_host"].append(_clean(hop.from_host))
+            h["from_rdns"].append(_clean(hop.from_rdns))
+            h["from_ip"].append(hop.from_ip)
+            h["by_host"].append(_clean(hop.by_host))
+            h["protocol"].append(_clean(hop.protocol))
+            h["received_at"].append(hop.received_at)
+            h["trusted"].append(hop.trusted)
+            h["raw"].append(_clean(hop.raw))
+        hd = self.headers
+        n = len(m.headers)
+        hd["dataset"].extend([ds] * n)
+        hd["msg_key"].extend([key] * n)
+        hd["idx"].extend(range(n))
+        hd["name"].extend(_clean(k) for k, _ in m.headers)
+        hd["value"].extend(_clean(v) for _, v in m.headers)
+
+    def error(self, dataset: str, source: str, position: str, error: str, detail: str) -> None:
+        e = self.errors
+        e["dataset"].append(dataset)
+        e["source"].append(_clean(source))
+        e["position"].append(position)
+        e["error"].append(error)
+        e["detail"].append(_clean(detail[:2000]))
+
+    def to_arrow(self) -> "ArrowBatch":
+        return ArrowBatch(
+            pa.Table.from_pydict(self.messages, MESSAGES_SCHEMA),
+            pa.Table.from_pydict(self.recipients, RECIPIENTS_SCHEMA),
+            pa.Table.from_pydict(self.hops, HOPS_SCHEMA),
+            pa.Table.from_pydict(self.headers, HEADERS_SCHEMA),
+            pa.Table.from_pydict(self.errors, ERRORS_SCHEMA),
+            self.bytes,
+        )
+
+
+@dataclass(slots=True)
+class ArrowBatch:
+    messages: pa.Table
+    recipients: pa.Table
+    hops: pa.Table
+    headers: pa.Table
+    errors: pa.Table
+    bytes: int
+
+
+def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """(connection, owned): a path is opened (parent folder created), a connection reused."""
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        ensure_schema(db)
+        return db, False
+    path = Path(db)
+    if str(db) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db))
+    ensure_schema(con)
+    return con, True
+
+
+@dataclass(slots=True)
+class LoadCounts:
+    messages: int = 0
+    recipients: int = 0
+    duplicates: int = 0
+    errors: int = 0
+
+
+def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str, seen: set[str]) -> LoadCounts:
+    """Insert batches in one transaction. A msg_key already in the dataset (or earlier in this
+    run, tracked in `seen`) is a duplicate and adds nothing; identical error rows are not repeated."""
+    counts = LoadCounts()
+    if not batches:
+        return counts
+    msgs = pa.concat_tables([b.messages for b in batches])
+    errs = pa.concat_tables([b.errors for b in batches])
+    keys = msgs.column("msg_key").to_pylist()
+    keep_mask = []
+    new_keys: list[str] = []
+    existing: set[str] = set()
+    if keys:
+        con.register("_edr_keys", pa.table({"msg_key": keys}))
+        existing = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
+                [dataset],
+            ).fetchall()
+        }
+        con.unregister("_edr_keys")
+    for k in keys:
+        ok = k not in existing and k not in seen
+        keep_mask.append(ok)
+        if ok:
+            seen.add(k)
+            new_keys.append(k)
+    counts.duplicates = len(keys) - len(new_keys)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if new_keys:
+            new_set = pa.array(new_keys)
+            tables = {
+                "messages": msgs.filter(pa.array(keep_mask)),
+                "recipients": _only(pa.concat_tables([b.recipients for b in batches]), new_set),
+                "received_hops": _only(pa.concat_tables([b.hops for b in batches]), new_set),
+                "headers": _only(pa.concat_tables([b.headers for b in batches]), new_set),
+            }
+            for table, data in tables.items():
+                if data.num_rows:
+                    con.register("_edr_in", data)
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
+                    con.unregister("_edr_in")
+            counts.messages = tables["messages"].num_rows
+            counts.recipients = tables["recipients"].num_rows
+        if errs.num_rows:
+            con.register("_edr_err", errs)
+            con.execute(
+                """INSERT INTO ingest_errors BY NAME
+                   SELECT DISTINCT e.* FROM _edr_err e
+                   WHERE NOT EXISTS (SELECT 1 FROM ingest_errors x
+                       WHERE x.dataset IS NOT DISTINCT FROM e.dataset AND x.source = e.source
+                         AND x.position IS NOT DISTINCT FROM e.position AND x.error = e.error)"""
+            )
+            con.unregister("_edr_err")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    counts.errors = errs.num_rows
+    return counts
+
+
+def _only(table: pa.Table, keys: pa.Array) -> pa.Table:
+    if not table.num_rows:
+        return table
+    return table.filter(pc.is_in(table.column("msg_key"), value_set=keys))
+
+
+def read_facts(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> list[MessageFacts]:
+    """Every message of a dataset (or all) as MessageFacts with recipients, ordered by msg_key."""
+    where = "WHERE m.dataset = ?" if dataset is not None else ""
+    params = [dataset] if dataset is not None else []
+    cur = con.execute(
+        f"""SELECT m.*, (SELECT list(r.recipient ORDER BY r.recipient) FROM recipients r
+                          WHERE r.dataset = m.dataset AND r.msg_key = m.msg_key) AS _rcpts
+            FROM messages m {where} ORDER BY m.msg_key, m.dataset""",
+        params,
+    )
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        rec = dict(zip(names, row))
+        rcpts = tuple(rec.pop("_rcpts") or ())
+        out.append(MessageFacts.from_row(rec, rcpts))
+    return out

@@ -1,0 +1,163 @@
+"""Quarantine-export CSV: one row per quarantined message, columns in docs/datasets.md."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from edrules.domains import address_domain, normalize_address, normalize_ip, org_domain
+from edrules.errors import EdrulesError, Location
+from edrules.facts import MessageFacts
+from edrules.ingest.extract import ExtractedMessage, Recipient, normalize_category
+from edrules.ingest.headers import decode_words
+from edrules.ingest.readers import ReadFailure, Unit
+from edrules.ingest.received import parse_date
+
+REQUIRED = ("received_at", "recipient", "envelope_from", "client_ip", "category", "score", "quarantine_state")
+OPTIONAL = ("header_from", "from_display", "subject", "message_id", "helo", "eml")
+STATES = frozenset({"quarantined", "released", "deleted", "expired", "delivered", "rejected"})
+
+
+def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
+    src = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
+        return
+    except UnicodeDecodeError as exc:
+        yield ReadFailure(src, f"byte {exc.start}", "csv-not-utf8", "quarantine CSV must be UTF-8")
+        return
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        yield ReadFailure(src, "line 1", "csv-empty", "no header row")
+        return
+    except csv.Error as exc:
+        yield ReadFailure(src, "line 1", "csv-syntax", str(exc))
+        return
+    cols = [h.strip().lower() for h in header]
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        yield ReadFailure(src, "line 1", "csv-missing-column", "missing column(s): " + ", ".join(missing))
+        return
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield ReadFailure(src, f"line {reader.line_num}", "csv-syntax", str(exc))
+            return
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(cols):
+            yield ReadFailure(src, f"line {line}", "csv-field-count", f"{len(row)} fields, header has {len(cols)}")
+            continue
+        yield Unit("csv", f"{src}:{line}", src, row=tuple(zip(cols, row)), line=line)
+
+
+def parse_csv_time(value: str, where: Location) -> datetime:
+    v = value.strip()
+    if not v:
+        raise EdrulesError("received_at is empty", where)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        dt = parse_date(v)
+        if dt is None:
+            raise EdrulesError(f"unreadable time {v!r} (use ISO 8601)", where) from None
+        return dt
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt
+
+
+def csv_fields(unit: Unit) -> dict:
+    """Validated keyword arguments for extraction from one CSV row (errors name line and field)."""
+    row = dict(unit.row)
+
+    def loc(field: str) -> Location:
+        return Location(unit.path, unit.line, field)
+
+    out: dict = {"received_at": parse_csv_time(row["received_at"], loc("received_at"))}
+    rcpts = [r.strip() for r in row["recipient"].replace(",", ";").split(";") if r.strip()]
+    if not rcpts:
+        raise EdrulesError("recipient is empty", loc("recipient"))
+    out["recipients"] = rcpts
+    env = row["envelope_from"].strip()
+    out["envelope_from"] = env if env else None  # '<>' is the null sender, empty = unknown
+    ip = row["client_ip"].strip()
+    if ip and normalize_ip(ip) is None:
+        raise EdrulesError(f"not an IP address: {ip!r}", loc("client_ip"))
+    out["client_ip"] = ip or None
+    out["category"] = normalize_category(row["category"], loc("category"))
+    score = row["score"].strip()
+    try:
+        out["score"] = float(score) if score else None
+    except ValueError:
+        raise EdrulesError(f"score is not a number: {score!r}", loc("score")) from None
+    state = row["quarantine_state"].strip().lower()
+    if state and state not in STATES:
+        raise EdrulesError(
+            f"unknown quarantine_state {state!r} (one of {', '.join(sorted(STATES))})", loc("quarantine_state")
+        )
+    out["quarantine_state"] = state or None
+    out["helo"] = row.get("helo", "").strip() or None
+    return out
+
+
+def csv_row_key(unit: Unit) -> str:
+    canon = "\x1f".join(f"{k}={v.strip()}" for k, v in sorted(unit.row))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def facts_from_csv_row(unit: Unit, dataset: str, label: str | None) -> ExtractedMessage:
+    """Facts of a CSV row without a raw message: only what the gateway recorded."""
+    kw = csv_fields(unit)
+    row = dict(unit.row)
+    env = kw["envelope_from"]
+    env_from = normalize_address(env) if env is not None else None
+    env_domain = address_domain(env_from)
+    hf = normalize_address(row.get("header_from", "").strip() or None)
+    hf_domain = address_domain(hf)
+    rcpts = tuple(
+        Recipient(a, address_domain(a), "envelope")
+        for a in dict.fromkeys(normalize_address(r) for r in kw["recipients"])
+        if a is not None
+    )
+    helo = kw["helo"].lower().rstrip(".") if kw["helo"] else None
+    from edrules.catalog import load_catalog
+
+    facts = MessageFacts(
+        msg_key=csv_row_key(unit),
+        dataset=dataset,
+        source=unit.source,
+        received_at=kw["received_at"],
+        message_id=row.get("message_id", "").strip() or None,
+        subject=decode_words(row.get("subject", "").strip() or None),
+        header_from=hf if hf_domain else None,
+        header_from_domain=hf_domain,
+        header_from_org=org_domain(hf_domain) if hf_domain else None,
+        from_display=row.get("from_display", "").strip() or None,
+        # A gateway export names at most one From; absent means unknown, which rules treat as invalid.
+        from_invalid=hf_domain is None,
+        envelope_from=env_from,
+        envelope_from_domain=env_domain,
+        envelope_from_org=org_domain(env_domain) if env_domain else None,
+        client_ip=normalize_ip(kw["client_ip"]),
+        helo=helo,
+        helo_org=org_domain(helo) if helo and normalize_ip(helo) is None else None,
+        bulk_provider=load_catalog().identify(env_domain, (), helo),
+        category=kw["category"] or normalize_category(label),
+        score=kw["score"],
+        quarantine_state=kw["quarantine_state"],
+        recipients=tuple(r.address for r in rcpts),
+    )
+    return ExtractedMessage(facts, (), (), (), rcpts)

@@ -1,0 +1,170 @@
+"""Find the messages inside the given paths: .eml files, directories, maildir, mbox, header dumps, CSV."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+# Files a directory walk passes over as not mail (counted and reported as skipped).
+SKIP_SUFFIXES = frozenset(
+    ".md .rst .json .yml .yaml .xml .pem .key .private .pub .dns .zip .gz .bz2 .xz .tar .tgz .7z "
+    ".pdf .png .jpg .jpeg .gif .svg .ico .py .pyc .sh .html .htm .js .css .parquet .duckdb .db "
+    ".sqlite .wal .lock .toml .ini .cfg".split()
+)
+SKIP_NAME_PREFIXES = ("license", "licence", "copying", "readme", "notice", "authors", "changes")
+SKIP_NAME_SUFFIXES = ("-license", ".license", "-licence")
+# Maildir bookkeeping written by Dovecot / Courier next to cur/ new/ tmp/.
+MAILDIR_META = frozenset(
+    {"maildirfolder", "maildirsize", "subscriptions", "courierimapkeywords", "courierimapuiddb"}
+)
+
+# An mbox separator: "From " + sender + asctime date, at the start of the file or after a blank line.
+_MBOX_FROM = re.compile(rb"^From (\S*)[ \t]+(?:[A-Z][a-z]{2}[ \t]+){1,2}[ \d]?\d", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One message to read: a whole file, a slice of an mbox, or a quarantine CSV row."""
+
+    kind: str  # file | mbox | csv
+    source: str  # path, plus '#N' inside an mbox or ':LINE' inside a CSV
+    path: str
+    start: int = 0
+    end: int = -1
+    mbox_from: str | None = None
+    row: tuple[tuple[str, str], ...] = ()  # CSV cells (column, value)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFailure:
+    source: str
+    position: str
+    error: str
+    detail: str
+
+
+def is_skipped_name(name: str) -> str | None:
+    low = name.lower()
+    if low.startswith("."):
+        return "hidden file"
+    if low in MAILDIR_META or low.startswith("dovecot"):
+        return "maildir metadata"
+    if low.startswith(SKIP_NAME_PREFIXES) or low.endswith(SKIP_NAME_SUFFIXES):
+        return "licence/readme"
+    suffix = os.path.splitext(low)[1]
+    if suffix in SKIP_SUFFIXES:
+        return f"not mail ({suffix})"
+    return None
+
+
+def walk(paths: Sequence[str | Path]) -> Iterator[Path | Skipped | ReadFailure]:
+    """Files to read, in a deterministic (sorted) order. A named file is always read; a
+    directory walk skips non-mail files by name and maildir tmp/ folders."""
+    for p in paths:
+        path = Path(p)
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            for root, dirs, files in os.walk(path):
+                is_maildir = "cur" in dirs and "new" in dirs
+                dirs[:] = sorted(d for d in dirs if not (is_maildir and d == "tmp"))
+                for name in sorted(files):
+                    reason = is_skipped_name(name)
+                    full = Path(root) / name
+                    if reason:
+                        yield Skipped(str(full), reason)
+                    else:
+                        yield full
+        else:
+            yield ReadFailure(str(path), "file", "not-found", "no such file or directory")
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def mbox_sender(token: bytes) -> str:
+    s = token.decode("latin-1").strip()
+    # MAILER-DAEMON in the From_ line is how MDAs record the null sender <>.
+    return "" if s.upper() in ("MAILER-DAEMON", "<>", "") else s
+
+
+def split_mbox(data: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, envelope sender) of each message after its From_ line."""
+    seps = []
+    for m in _MBOX_FROM.finditer(data):
+        s = m.start()
+        if s == 0 or data[s - 2 : s] == b"\n\n" or data[s - 4 : s] == b"\r\n\r\n" or s == _lead(data):
+            seps.append(m)
+    out = []
+    for i, m in enumerate(seps):
+        nl = data.find(b"\n", m.start())
+        start = len(data) if nl < 0 else nl + 1
+        end = seps[i + 1].start() if i + 1 < len(seps) else len(data)
+        out.append((start, end, mbox_sender(m.group(1))))
+    return out
+
+
+def _lead(data: bytes) -> int:
+    i = 0
+    while i < len(data) and data[i : i + 1] in (b"\n", b"\r", b" ", b"\t"):
+        i += 1
+    return i
+
+
+def is_mbox(head: bytes) -> bool:
+    m = _MBOX_FROM.match(head, _lead(head))
+    return m is not None
+
+
+def is_csv(path: Path, head: bytes) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def units_of_file(path: Path) -> Iterator[Unit | ReadFailure]:
+    """Split one file into units. Unreadable files become failures, never exceptions."""
+    src = str(path)
+    try:
+        head = _head(path)
+    except OSError as exc:
+        yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
+        return
+    if is_csv(path, head):
+        from edrules.ingest.quarantine import csv_units
+
+        yield from csv_units(path)
+        return
+    if is_mbox(head):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
+            return
+        parts = split_mbox(data)
+        for n, (start, end, sender) in enumerate(parts, 1):
+            yield Unit("mbox", f"{src}#{n}" if len(parts) > 1 else src, src, start, end, sender)
+        return
+    yield Unit("file", src, src)
+
+
+def read_unit_bytes(unit: Unit) -> bytes:
+    with open(unit.path, "rb") as fh:
+        if unit.kind == "mbox":
+            fh.seek(unit.start)
+            data = fh.read(unit.end - unit.start)
+            # mboxrd escaping: '>From ' at a line start stands for 'From '.
+            if b"\n>From " in data or data.startswith(b">From "):
+                data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
+            return data
+        return fh.read()

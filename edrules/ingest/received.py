@@ -1,0 +1,133 @@
+"""Parse Received header fields into hops (Postfix, sendmail, Exim, qmail, Microsoft, Google)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+
+from edrules.domains import normalize_domain
+from edrules.domains import normalize_ip as _normalize_ip
+
+_IPISH = re.compile(r"(?:IPv6:)?[0-9A-Fa-f:.]+", re.I)
+
+
+@lru_cache(maxsize=65536)
+def normalize_ip(value: str | None) -> str | None:
+    """edrules.domains.normalize_ip behind a cheap shape check and a cache: Received fields
+    repeat the same relays, and ipaddress parsing dominated the profile."""
+    if not value or not _IPISH.fullmatch(value.strip().strip("[]")):
+        return None
+    return _normalize_ip(value)
+
+
+def is_ip_literal(value: str) -> bool:
+    return normalize_ip(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One Received field. idx 0 is the top-most (written last, closest to the mailbox)."""
+
+    idx: int
+    position: int  # index of the field among all header fields
+    from_host: str | None  # HELO name as the client announced it (or an address literal)
+    from_rdns: str | None
+    from_ip: str | None
+    by_host: str | None
+    protocol: str | None
+    received_at: datetime | None
+    raw: str
+    trusted: bool = False  # written by a trusted relay (at or above the edge hop)
+
+
+_BY = re.compile(r"(?:^|[\s)])by\s+([^\s;()]+)", re.I)
+_WITH = re.compile(r"\swith\s+([A-Za-z0-9_-]+)", re.I)
+_BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
+_PAREN_IP = re.compile(r"\(\s*(?:IPv6:)?([0-9A-Fa-f:.]{3,})\s*\)")
+_EXIM_HELO = re.compile(r"\bhelo=([^\s)]+)", re.I)
+_QMAIL_HELO = re.compile(r"\(HELO\s+([^\s)]+)\)", re.I)
+_RDNS_BEFORE_IP = re.compile(r"\(\s*([A-Za-z0-9._-]+)\.?\s+\[")
+
+
+def _date(value: str) -> datetime | None:
+    _, sep, tail = value.rpartition(";")
+    if not sep:
+        return None
+    return parse_date(tail)
+
+
+def parse_date(text: str | None) -> datetime | None:
+    """RFC 5322 date to naive UTC, or None when unparsable or absurd."""
+    if not text:
+        return None
+    try:
+        dt = parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt is None:
+        return None
+    try:
+        if dt.tzinfo is not None:
+            dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    except (OverflowError, ValueError):
+        return None
+    return dt if 1970 <= dt.year <= 2200 else None
+
+
+def _host(token: str | None) -> str | None:
+    if not token:
+        return None
+    t = token.strip().strip("[]").rstrip(".")
+    if not t or t.lower() == "unknown":
+        return None
+    ip = normalize_ip(t)
+    return ip if ip else normalize_domain(t)
+
+
+def parse_received(value: str, idx: int = 0, position: int = 0, trusted: bool = False) -> Hop:
+    """Best-effort parse; fields that cannot be found are None, never an exception."""
+    v = " ".join(value.split())
+    by_m = _BY.search(v)
+    by_host = _host(by_m.group(1)) if by_m else None
+    from_clause = ""
+    if v[:5].lower() == "from ":
+        from_clause = v[5 : by_m.start()] if by_m else v[5:]
+    from_host = from_rdns = from_ip = None
+    if from_clause:
+        token, _, rest = from_clause.strip().partition(" ")
+        m = _BRACKET_IP.search(from_clause) or _PAREN_IP.search(rest)
+        if m:
+            from_ip = normalize_ip(m.group(1))
+        helo_m = _EXIM_HELO.search(rest) or _QMAIL_HELO.search(rest)
+        if helo_m:
+            # Exim / qmail: the leading token is the reverse-DNS name, HELO is in the comment.
+            from_host = helo_m.group(1).strip("[]").rstrip(".") or None
+            if not token.startswith("[") and token.lower() != "unknown":
+                from_rdns = _host(token)
+        else:
+            from_host = token.strip("[]").rstrip(".") or None
+            rd = _RDNS_BEFORE_IP.search(rest)
+            if rd:
+                from_rdns = _host(rd.group(1))
+        if from_ip is None and from_host and is_ip_literal(from_host):
+            from_ip = normalize_ip(from_host)
+        if from_host:
+            from_host = normalize_ip(from_host) or normalize_domain(from_host)
+        if from_rdns and is_ip_literal(from_rdns):
+            from_rdns = None
+    with_m = _WITH.search(v)
+    return Hop(
+        idx=idx,
+        position=position,
+        from_host=from_host,
+        from_rdns=from_rdns,
+        from_ip=from_ip,
+        by_host=by_host,
+        protocol=with_m.group(1).upper() if with_m else None,
+        received_at=_date(v),
+        raw=value,
+        trusted=trusted,
+    )
