@@ -166,3 +166,23 @@ def test_mail_without_arc_headers_is_arc_none(sealer):
 def test_sealing_with_a_bad_key_is_an_edrules_error():
     with pytest.raises(EdrulesError, match="cannot ARC-seal"):
         seal_arc(ORIGINAL, "arc", "lists.example.org", b"not a key", "lists.example.org")
+
+
+@pytest.mark.corpus
+def test_a_real_google_arc_chain_validates_with_its_published_keys(corpus):
+    from test_auth_dkim import stalwart_case
+
+    zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "001.txt")
+    outcome = verify_arc(message, zone)
+    assert (outcome.result, outcome.instances, outcome.sealer) == (AuthResult.PASS, 1, "google.com")
+
+
+@pytest.mark.corpus
+def test_an_ed25519_arc_chain_fails_because_dkimpys_arc_supports_only_rsa(corpus):
+    """Known dkimpy deviation: stalwart expects pass for arc/002 (Ed25519 ARC sets); dkimpy's
+    ARC accepts only rsa-sha256 (the one algorithm RFC 8617 names), so edrules says fail."""
+    from test_auth_dkim import stalwart_case
+
+    zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "002.txt")
+    outcome = verify_arc(message, zone)
+    assert outcome.result is AuthResult.FAIL and "ed25519-sha256" in outcome.reason
