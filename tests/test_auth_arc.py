@@ -186,3 +186,20 @@ def test_an_ed25519_arc_chain_fails_because_dkimpys_arc_supports_only_rsa(corpus
     zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "002.txt")
     outcome = verify_arc(message, zone)
     assert outcome.result is AuthResult.FAIL and "ed25519-sha256" in outcome.reason
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name,result,terminated", [
+    ("arc-pass.eml", AuthResult.PASS, False),
+    ("arc-pass2.eml", AuthResult.PASS, False),
+    ("arc-fail.eml", AuthResult.FAIL, False),
+    ("arc-fail2.eml", AuthResult.FAIL, False),
+    ("arc-fail3.eml", AuthResult.FAIL, True),  # Gmail itself recorded cv=fail at i=2
+])
+def test_mailauths_real_gmail_arc_chains_pass_and_fail_as_named(corpus, name, result, terminated):
+    """Sealed by google.com s=arc-20160816; that key is published in stalwart's arc/001.txt."""
+    from test_auth_dkim import stalwart_case
+
+    zone, _ = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "001.txt")
+    outcome = verify_arc((corpus / "mailauth_fixtures" / name).read_bytes(), zone)
+    assert (outcome.result, outcome.instances, outcome.terminated) == (result, 2, terminated)
