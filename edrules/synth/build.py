@@ -17,6 +17,7 @@ from edrules.synth import gateway, keys, mime, scenarios, text
 from edrules.synth.draft import Draft
 from edrules.synth.gateway import AuthOutcome
 from edrules.synth.policy import AllowEntry, Decision, decide
+from edrules.synth.readme import readme
 from edrules.synth.world import (
     DNS, GATEWAY, GATEWAY_IP, MIN_USERS, OTP_FROM, OUTBOUND, OUTBOUND_IP, PARCEL_FROM, PARTNERS, TENANT_DOMAIN, USERS,
 )
@@ -164,8 +165,6 @@ def _from_addr(d: Draft) -> str | None:
 
 
 def _write(out: Path, tenant: Tenant, files: dict[str, bytes], zone: Zone) -> None:
-    from edrules.synth.readme import readme
-
     out.mkdir(parents=True, exist_ok=True)
     for label in LABELS:
         folder = out / str(label)

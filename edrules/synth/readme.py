@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from edrules.facts import Action
 from edrules.synth import scenarios
 from edrules.synth.world import GATEWAY, OTP_FROM, PARCEL_FROM, TENANT_DOMAIN, TENANT_NAME
 
+if TYPE_CHECKING:  # build imports this module
+    from edrules.synth.build import Tenant
 
-def readme(t) -> str:  # t: build.Tenant (untyped: build imports this module)
+
+def readme(t: Tenant) -> str:
     msgs = t.messages
     by_label = Counter(str(m.draft.label) for m in msgs)
     by_scenario = Counter(m.draft.scenario for m in msgs)

@@ -429,7 +429,7 @@ def credential_phish(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]
         rcpt = ctx.pick(rng)
         when = _when(rng, day, office=False)
         bot = text.spam_sender(rng)
-        subject, body, html = text.credential_phish(rng, rcpt[0], bot.domain)
+        subject, body, html = text.credential_phish(rng, rcpt[0].address, bot.domain)
         content = Content((("From", f"IT podpora {TENANT_DOMAIN} <{bot.route.envelope_from}>"),
                            ("To", rcpt[0].header), ("Subject", subject)), body, html)
         yield _draft("credential_phish", Category.PHISHING, when, bot.route, rcpt, content, (), _msgid(rng, bot.domain))

@@ -244,8 +244,8 @@ def invoice_fraud(rng: random.Random, ceo: User, to: User) -> tuple[str, str]:
     return "Změna bankovního spojení dodavatele", body
 
 
-def credential_phish(rng: random.Random, rcpt, domain: str) -> tuple[str, str, str]:
-    link = f"https://{domain}/owa/login?u={rcpt.address}"
+def credential_phish(rng: random.Random, address: str, domain: str) -> tuple[str, str, str]:
+    link = f"https://{domain}/owa/login?u={address}"
     subject = rng.choice(("Vaše poštovní schránka je plná", "Mailbox quota exceeded", "Ověřte svůj účet do 24 hodin"))
     text = f"{subject}.\n\nPřihlaste se a uvolněte místo: {link}\n\nIT podpora\n"
     return subject, text, f'<html><body><p>{subject}.</p><a href="{link}">Přihlásit</a></body></html>\n'

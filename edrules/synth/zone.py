@@ -15,7 +15,10 @@ _TXT_CHUNK = 250
 
 @dataclass(slots=True)
 class Zone:
-    """Records keyed by (lower-case name without trailing dot, type), values in insertion order."""
+    """Records keyed by (lower-case name without trailing dot, type), values in insertion order.
+
+    Mutable on purpose: the generator adds host records as it meets them in the drafts.
+    """
 
     records: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
 
