@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from datetime import date
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -238,6 +239,11 @@ def test_no_colleague_mail_is_quarantined(tenant):
 def test_too_few_users_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(EdrulesError, match="--users must be between 3 and 12"):
         synthesize(tmp_path, users=2)
+
+
+def test_a_period_ending_in_the_future_is_refused(tmp_path):
+    with pytest.raises(EdrulesError, match="must end before today"):
+        synthesize(tmp_path, start=date.today(), days=2)
 
 
 def test_the_synth_command_writes_the_tenant_and_prints_its_counts(tmp_path):

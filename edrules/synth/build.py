@@ -139,6 +139,9 @@ def generate(out: Path, seed: int, users: int, days: int, start: date, keys_dir:
     ctx = make_ctx(users)
     if days < 1 or days > 366:
         raise EdrulesError(f"--days must be between 1 and 366, got {days}")
+    if start + timedelta(days=days) > datetime.now(timezone.utc).date():
+        # verifiers refuse DKIM signatures whose t= lies in the future
+        raise EdrulesError(f"the period {start} + {days} days must end before today")
     allow = (AllowEntry(ctx.otp_user.address, OTP_FROM), AllowEntry(ctx.parcel_user.address, PARCEL_FROM))
     drafts = scenarios.drafts(ctx, seed, start, days)
     zone = base_zone(keys_dir)
