@@ -130,13 +130,14 @@ def compare_rules(r: Run) -> None:
             policy = parse_rules_file(path)
             with registered(con, policy, dataset="demo") as sql:
                 delivered, held, ham_held, bad_delivered = con.execute(
-                    f"""SELECT count(*) FILTER (v.action = 'deliver'),
-                               count(*) FILTER (v.action <> 'deliver'),
-                               count(*) FILTER (v.action <> 'deliver' AND m.category = 'ham'),
-                               count(*) FILTER (v.action = 'deliver' AND m.category <> 'ham')
+                    f"""SELECT count(*) FILTER (v.action IN ('deliver', 'tag')),
+                               count(*) FILTER (v.action IN ('quarantine', 'reject')),
+                               count(*) FILTER (v.action IN ('quarantine', 'reject') AND m.category = 'ham'),
+                               count(*) FILTER (v.action IN ('deliver', 'tag') AND m.category <> 'ham')
                         FROM ({sql}) v JOIN messages m ON m.dataset = v.dataset AND m.msg_key = v.msg_key"""
                 ).fetchall()[0]
             r.echo(f"  {path.name:<24} {delivered:>9} {held:>5} {ham_held:>8} {bad_delivered:>13}")
+    r.echo("  (ham held: legitimate mail stopped; bad delivered: spam, phishing or malware let through)")
 
 
 STEPS: tuple[Step, ...] = (

@@ -127,6 +127,18 @@ def test_the_current_rules_reproduce_the_gateways_quarantine_export(demo, con):
     assert held == exported and len(held) > 100
 
 
+def test_the_printed_rules_table_lists_every_rules_file_and_the_exports_held_count(demo):
+    run, lines = demo
+    table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in lines
+             if line.strip().endswith(tuple("0123456789")) and ".yaml" in line}
+    assert set(table) == {p.name for p in (DATA / "rules").glob("*.yaml")}
+    with (run.tenant / "quarantine.csv").open(newline="", encoding="utf-8") as f:
+        held = sum(len(row["recipient"].split(";")) for row in csv.DictReader(f))
+    delivered, quarantined, ham_held, bad_delivered = table["current.yaml"]
+    assert quarantined == held and bad_delivered == 0 and ham_held > 0
+    assert table["fix-relaxed.yaml"][3] > 0 and table["fix-aligned.yaml"][3] == 0
+
+
 def test_aligned_fixes_the_otp_case_while_relaxed_and_the_pair_let_the_parcel_forgery_in(demo, con):
     run, _lines = demo
     for rules in ("current.yaml", "fix-aligned.yaml", "fix-pair.yaml", "fix-relaxed.yaml"):
