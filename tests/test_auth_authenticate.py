@@ -118,7 +118,10 @@ def test_the_header_is_rfc8601_and_parses_back_with_the_same_results(zone, key):
     props = {(p.type, p.name): p.value for res in parsed.results for p in res.properties}
     assert props[("smtp", "mailfrom")] == "bounces@esp.example"
     assert props[("header", "d")] == "bank.example" and props[("header", "from")] == "bank.example"
-    assert props[("header", "b")] == r.dkim[0].b
+    # header.b is base64 ('/', '+', '=' are RFC 2045 tspecials), so it is a quoted-string,
+    # which authres' parser drops on the way back in: check the text instead.
+    b = r.dkim[0].b
+    assert f'header.b="{b}"' in value or f"header.b={b} " in value
 
 
 def test_unsigned_failing_mail_gets_dkim_none_and_the_dmarc_policy_comment(zone):
