@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Sequence
@@ -21,10 +22,12 @@ from edrules.ingest.authheaders import (
     parse_received_spf,
 )
 from edrules.ingest.headers import HeaderBlock, decode_words, mailboxes, split_header_block
+from edrules.ingest.readers import mbox_sender
 from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, parse_received
 from edrules.ingest.trust import TrustConfig
 
 CATEGORY_ALIASES = {"clean": "ham", "ham": "ham", "spam": "spam", "phishing": "phishing", "malware": "malware"}
+_FROM_FIELD = re.compile(rb"From[ \t]*:")
 _RSPAMD_SPAM = {"reject", "add header", "rewrite subject", "soft reject"}
 
 
@@ -178,6 +181,12 @@ def extract(
     quarantine_state: str | None = None,
     msg_key: str | None = None,
 ) -> ExtractedMessage:
+    if raw[:5] == b"From " and not _FROM_FIELD.match(raw):
+        # A message saved with its mbox From_ line (or BSMTP DATA that kept it).
+        first, _, raw = raw.partition(b"\n")
+        words = first.split()
+        if mbox_from is None and len(words) > 1:
+            mbox_from = mbox_sender(words[1])
     block = split_header_block(raw)
     if not block.fields:
         raise EdrulesError("no header fields found (not a message)", Location(source or None, 1))

@@ -86,26 +86,31 @@ class Batch:
             r["recipient"].append(_clean(rc.address))
             r["recipient_domain"].append(_clean(rc.domain))
             r["recipient_source"].append(rc.source)
+        # Header text is already valid (split_header_block decodes strictly, NULs replaced);
+        # only RFC 2047-decoded fields above go through _clean.
         h = self.hops
-        for hop in m.hops:
-            h["dataset"].append(ds)
-            h["msg_key"].append(key)
-            h["idx"].append(hop.idx)
-            h["from_host"].append(_clean(hop.from_host))
-            h["from_rdns"].append(_clean(hop.from_rdns))
-            h["from_ip"].append(hop.from_ip)
-            h["by_host"].append(_clean(hop.by_host))
-            h["protocol"].append(_clean(hop.protocol))
-            h["received_at"].append(hop.received_at)
-            h["trusted"].append(hop.trusted)
-            h["raw"].append(_clean(hop.raw))
+        n = len(m.hops)
+        if n:
+            h["dataset"].extend([ds] * n)
+            h["msg_key"].extend([key] * n)
+            for hop in m.hops:
+                h["idx"].append(hop.idx)
+                h["from_host"].append(hop.from_host)
+                h["from_rdns"].append(hop.from_rdns)
+                h["from_ip"].append(hop.from_ip)
+                h["by_host"].append(hop.by_host)
+                h["protocol"].append(hop.protocol)
+                h["received_at"].append(hop.received_at)
+                h["trusted"].append(hop.trusted)
+                h["raw"].append(hop.raw)
         hd = self.headers
         n = len(m.headers)
         hd["dataset"].extend([ds] * n)
         hd["msg_key"].extend([key] * n)
         hd["idx"].extend(range(n))
-        hd["name"].extend(_clean(k) for k, _ in m.headers)
-        hd["value"].extend(_clean(v) for _, v in m.headers)
+        names, values = zip(*m.headers) if n else ((), ())
+        hd["name"].extend(names)
+        hd["value"].extend(values)
 
     def error(self, dataset: str, source: str, position: str, error: str, detail: str) -> None:
         e = self.errors
@@ -190,11 +195,12 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     try:
         if new_keys:
             new_set = pa.array(new_keys)
+            every = len(new_keys) == len(keys)  # the usual case: nothing to filter out
             tables = {
-                "messages": msgs.filter(pa.array(keep_mask)),
-                "recipients": _only(pa.concat_tables([b.recipients for b in batches]), new_set),
-                "received_hops": _only(pa.concat_tables([b.hops for b in batches]), new_set),
-                "headers": _only(pa.concat_tables([b.headers for b in batches]), new_set),
+                "messages": msgs if every else msgs.filter(pa.array(keep_mask)),
+                "recipients": _only(pa.concat_tables([b.recipients for b in batches]), new_set, every),
+                "received_hops": _only(pa.concat_tables([b.hops for b in batches]), new_set, every),
+                "headers": _only(pa.concat_tables([b.headers for b in batches]), new_set, every),
             }
             for table, data in tables.items():
                 if data.num_rows:
@@ -221,8 +227,8 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     return counts
 
 
-def _only(table: pa.Table, keys: pa.Array) -> pa.Table:
-    if not table.num_rows:
+def _only(table: pa.Table, keys: pa.Array, everything: bool = False) -> pa.Table:
+    if not table.num_rows or everything:
         return table
     return table.filter(pc.is_in(table.column("msg_key"), value_set=keys))
 

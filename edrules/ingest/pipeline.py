@@ -65,11 +65,12 @@ def _process(args: tuple[list[Unit], str, str | None, TrustConfig]) -> ArrowBatc
             batch.bytes += len(raw)
             m = extract(
                 raw, source=u.source, dataset=dataset, trust=trust, detect_per_message=False,
-                label=label, mbox_from=u.mbox_from,
+                label=label, mbox_from=u.mbox_from, envelope_from=u.envelope_from,
+                recipients=u.recipients or None, client_ip=u.client_ip, helo=u.helo,
             )
             batch.add(m)
         except EdrulesError as exc:
-            batch.error(dataset, u.source, _position(u, exc), _code(exc), str(exc))
+            batch.error(dataset, u.source, _position(u, exc), _code(exc), exc.message)
         except OSError as exc:
             batch.error(dataset, u.source, _position(u, None), "unreadable", exc.strerror or str(exc))
         except Exception as exc:  # noqa: BLE001 - a hostile message must become an error row
@@ -95,8 +96,9 @@ def _process_csv(u: Unit, dataset: str, label: str | None, trust: TrustConfig, b
 def _position(u: Unit, exc: EdrulesError | None) -> str:
     if u.kind == "csv":
         return f"line {u.line}"
-    if u.kind == "mbox":
-        return f"message {u.source.rpartition('#')[2] or 1}, byte {u.start}"
+    if u.kind in ("mbox", "smtp"):
+        n = u.source.rpartition("#")[2] if "#" in u.source else "1"
+        return f"message {n}, byte {u.start}"
     return "file"
 
 

@@ -29,14 +29,19 @@ _MBOX_FROM = re.compile(rb"^From (\S*)[ \t]+(?:[A-Z][a-z]{2}[ \t]+){1,2}[ \d]?\d
 class Unit:
     """One message to read: a whole file, a slice of an mbox, or a quarantine CSV row."""
 
-    kind: str  # file | mbox | csv
-    source: str  # path, plus '#N' inside an mbox or ':LINE' inside a CSV
+    kind: str  # file | mbox | smtp | csv
+    source: str  # path, plus '#N' inside an mbox/SMTP transcript or ':LINE' inside a CSV
     path: str
     start: int = 0
     end: int = -1
     mbox_from: str | None = None
     row: tuple[tuple[str, str], ...] = ()  # CSV cells (column, value)
     line: int = 0
+    # What an SMTP transcript says about the session (MAIL FROM, RCPT TO, client, HELO).
+    envelope_from: str | None = None
+    recipients: tuple[str, ...] = ()
+    client_ip: str | None = None
+    helo: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,10 @@ def mbox_sender(token: bytes) -> str:
 def split_mbox(data: bytes) -> list[tuple[int, int, str]]:
     """(start, end, envelope sender) of each message after its From_ line."""
     seps = []
+    lead = _lead(data)
+    loose = _LOOSE_FROM.match(data, lead)
+    if loose and not _MBOX_FROM.match(data, lead):
+        seps.append(loose)
     for m in _MBOX_FROM.finditer(data):
         s = m.start()
         if s == 0 or data[s - 2 : s] == b"\n\n" or data[s - 4 : s] == b"\r\n\r\n" or s == _lead(data):
@@ -124,8 +133,68 @@ def _lead(data: bytes) -> int:
 
 
 def is_mbox(head: bytes) -> bool:
-    m = _MBOX_FROM.match(head, _lead(head))
-    return m is not None
+    """An mbox, or a single message saved with its From_ line (some tools omit the date)."""
+    lead = _lead(head)
+    return _MBOX_FROM.match(head, lead) is not None or _LOOSE_FROM.match(head, lead) is not None
+
+
+_LOOSE_FROM = re.compile(rb"From (\S+)[^:\n]*\r?\n[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_SMTP_VERB = re.compile(rb"(?i)(?:HELO|EHLO|LHLO)[ \t]")
+_ADDR_ARG = re.compile(rb"(?i)^(?:MAIL FROM|RCPT TO)[ \t]*:[ \t]*<?([^>\s]*)>?")
+
+
+def is_smtp_transcript(head: bytes) -> bool:
+    return _SMTP_VERB.match(head, _lead(head)) is not None
+
+
+def split_smtp(data: bytes) -> list[tuple[int, int, dict]]:
+    """(start, end, envelope) of each DATA section of an SMTP session transcript (the format
+    of authentication_milter and SpamAssassin BSMTP test files)."""
+    out: list[tuple[int, int, dict]] = []
+    env: dict = {"helo": None, "client_ip": None, "xhelo": None, "from": None, "rcpts": []}
+    pos = 0
+    n = len(data)
+    while pos < n:
+        nl = data.find(b"\n", pos)
+        nxt = n if nl < 0 else nl + 1
+        line = data[pos:nxt].rstrip(b"\r\n")
+        verb = line[:4].upper()
+        if verb in (b"HELO", b"EHLO", b"LHLO"):
+            env["helo"] = line[5:].strip().decode("latin-1") or None
+        elif verb == b"XFOR":
+            for k, _, v in (kv.partition(b"=") for kv in line.split()[1:]):
+                if k.upper() == b"ADDR":
+                    env["client_ip"] = v.decode("latin-1")
+                elif k.upper() == b"HELO":
+                    env["xhelo"] = v.decode("latin-1")
+        elif verb in (b"MAIL", b"RCPT"):
+            m = _ADDR_ARG.match(line)
+            if m:
+                addr = m.group(1).decode("latin-1")
+                if verb == b"MAIL":
+                    env["from"] = addr
+                else:
+                    env["rcpts"].append(addr)
+        elif verb == b"RSET":
+            env["from"], env["rcpts"] = None, []
+        elif verb == b"DATA":
+            end = data.find(b"\n.\n", nxt - 1)
+            end_crlf = data.find(b"\n.\r\n", nxt - 1)
+            ends = [e for e in (end, end_crlf) if e >= 0]
+            stop = min(ends) + 1 if ends else n
+            out.append((nxt, stop, {
+                "envelope_from": env["from"], "recipients": tuple(env["rcpts"]),
+                "client_ip": env["client_ip"], "helo": env["xhelo"] or env["helo"],
+            }))
+            env["from"], env["rcpts"] = None, []
+            if not ends:
+                break
+            nl = data.find(b"\n", stop)
+            nxt = n if nl < 0 else nl + 1
+        elif verb == b"QUIT":
+            break
+        pos = nxt
+    return out
 
 
 def is_csv(path: Path, head: bytes) -> bool:
@@ -145,6 +214,18 @@ def units_of_file(path: Path) -> Iterator[Unit | ReadFailure]:
 
         yield from csv_units(path)
         return
+    if is_smtp_transcript(head):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
+            return
+        parts = split_smtp(data)
+        if not parts:
+            yield ReadFailure(src, "file", "smtp-no-data", "SMTP transcript without a DATA section")
+        for n, (start, end, env) in enumerate(parts, 1):
+            yield Unit("smtp", f"{src}#{n}" if len(parts) > 1 else src, src, start, end, **env)
+        return
     if is_mbox(head):
         try:
             data = path.read_bytes()
@@ -160,6 +241,11 @@ def units_of_file(path: Path) -> Iterator[Unit | ReadFailure]:
 
 def read_unit_bytes(unit: Unit) -> bytes:
     with open(unit.path, "rb") as fh:
+        if unit.kind == "smtp":
+            fh.seek(unit.start)
+            data = fh.read(unit.end - unit.start)
+            # SMTP dot-stuffing: a line starting with '..' carries a single '.'.
+            return re.sub(rb"(?m)^\.\.", b".", data) if b"\n.." in data or data.startswith(b"..") else data
         if unit.kind == "mbox":
             fh.seek(unit.start)
             data = fh.read(unit.end - unit.start)
