@@ -152,6 +152,19 @@ def test_aligned_fixes_the_otp_case_while_relaxed_and_the_pair_let_the_parcel_fo
         assert parcel_forged == ({"deliver"} if rules in ("fix-pair.yaml", "fix-relaxed.yaml") else {"quarantine"}), rules
 
 
+def test_the_catalog_finds_the_sending_networks_the_tenant_readme_lists(demo, con):
+    run, _lines = demo
+    section = (run.tenant / "README.md").read_text().split("## Sending networks", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")][1:]
+    readme = {(cells[0].strip(), label): int(n) for cells in rows
+              for label, n in zip(TENANT_LABELS, cells[1:])}
+    provider = {"Amazon SES": "amazonses", "Mailchimp": "mailchimp"}
+    for (network, label), n in readme.items():
+        where = f"bulk_provider = '{provider[network]}'" if network in provider else "bulk_provider IS NULL"
+        assert _scalar(con, f"SELECT count(*) FROM messages WHERE dataset = 'demo' AND category = ? AND {where}",
+                       label) == n, (network, label)
+
+
 def test_the_client_ip_comes_from_the_gateway_hop_not_the_senders_own_hop(demo, con):
     _run, _lines = demo
     rows = con.execute("""SELECT DISTINCT client_ip, helo FROM messages

@@ -27,6 +27,7 @@ def readme(t: Tenant) -> str:
             if dec.action is Action.QUARANTINE:
                 held_by_label[str(m.draft.label)] += 1
                 reasons[str(dec.reason)] += 1
+    networks = Counter((_network(m.draft.route.helo), str(m.draft.label)) for m in msgs)
     q_rows = sum(1 for m in msgs if any(d.action is Action.QUARANTINE for _r, d in m.decisions))
     end = t.start + timedelta(days=t.days - 1)
     size = sum(m.size for m in msgs)
@@ -57,6 +58,15 @@ def readme(t: Tenant) -> str:
         "|---|---|---|---|",
         *(f"| {lab} | {by_label[lab]} | {rcpt_by_label[lab]} | {held_by_label[lab]} |"
           for lab in ("ham", "spam", "phishing", "malware")),
+        "",
+        "## Sending networks",
+        "",
+        "By the HELO name of the sending host (what the bulk-provider catalog also matches):",
+        "",
+        "| network | ham | spam | phishing | malware |",
+        "|---|---|---|---|---|",
+        *(f"| {net} | " + " | ".join(str(networks[(net, lab)]) for lab in ("ham", "spam", "phishing", "malware")) + " |"
+          for net in ("Amazon SES", "Mailchimp", "other")),
         "",
         "## Scenarios",
         "",
@@ -101,3 +111,11 @@ def readme(t: Tenant) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _network(helo: str) -> str:
+    if helo.endswith(".amazonses.com"):
+        return "Amazon SES"
+    if helo.endswith((".mcsv.net", ".rsgsv.net")):
+        return "Mailchimp"
+    return "other"
