@@ -287,7 +287,8 @@ def newsletters(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
 
 def hr_saas(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     """An HR SaaS sends as hr@ the tenant with a delegated DKIM key: DMARC-aligned, envelope its own."""
-    payday = day.day == 10 or (day.day in (8, 9) and day.weekday() == 4)
+    # pay slips on the 10th, or on the Friday before when the 10th falls on a weekend
+    payday = (day.day == 10 and is_workday(day)) or (day.day in (8, 9) and day.weekday() == 4)
     rcpts = list(ctx.mailboxes) if payday else ([ctx.pick(rng)[0]] if is_workday(day) and rng.random() < 0.25 else [])
     for rcpt in rcpts:
         when = _when(rng, day)
