@@ -76,9 +76,18 @@ class TrustConfig:
         addr = _addr(ip)
         if addr is None:
             return False
-        if self.auto_detect and (addr.is_private or addr.is_loopback or addr.is_link_local):
+        if self.auto_detect and any(addr.version == n.version and addr in n for n in _INTERNAL):
             return True
         return any(addr.version == n.version and addr in n for n in self._networks)
+
+
+# Addresses only a site's own hosts use (RFC 1918, loopback, link-local, IPv6 ULA). Python's
+# is_private would also take the documentation ranges, which are not internal hosts.
+_INTERNAL = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+              "::1/128", "fc00::/7", "fe80::/10")
+)
 
 
 @lru_cache(maxsize=4096)
