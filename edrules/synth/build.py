@@ -27,7 +27,7 @@ LABELS = (Category.HAM, Category.SPAM, Category.PHISHING, Category.MALWARE)
 DEFAULT_START = date(2025, 9, 1)
 CSV_COLUMNS = ("received_at", "recipient", "envelope_from", "client_ip", "helo", "header_from", "subject",
                "message_id", "category", "reason", "score", "quarantine_state", "eml")
-_KEY_BITS = {s.name: s.bits for d in DNS.values() for s in d.selectors}
+Keys = dict[tuple[str, str], bytes]  # (domain, selector) -> PEM private key
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +57,11 @@ def make_ctx(users: int) -> scenarios.Ctx:
     return scenarios.Ctx(tuple(scenarios.Mailbox(u, f"{u.local}@{TENANT_DOMAIN}") for u in USERS[:users]))
 
 
-def base_zone(keys_dir: Path) -> Zone:
-    """Every domain's SPF, DKIM keys and DMARC, plus the hosts whose names appear in Received."""
+def base_zone(keys_dir: Path) -> tuple[Zone, Keys]:
+    """Every domain's SPF, DKIM keys and DMARC, plus the hosts whose names appear in Received;
+    and the signing keys of every published selector (a signer without one is a bug)."""
     zone = Zone()
+    signing: Keys = {}
     dns = dict(DNS)
     for s in text.SPAMMERS:
         dns[s.domain] = text.spammer_dns(s)
@@ -69,7 +71,7 @@ def base_zone(keys_dir: Path) -> Zone:
         if d.dmarc:
             zone.add(f"_dmarc.{domain}", "TXT", d.dmarc)
         for sel in d.selectors:
-            pem = keys.load_or_create(keys_dir, domain, sel.name, sel.bits)
+            pem = signing[(domain, sel.name)] = keys.load_or_create(keys_dir, domain, sel.name, sel.bits)
             zone.add(f"{sel.name}._domainkey.{domain}", "TXT", keys.public_txt(pem))
     zone.add(TENANT_DOMAIN, "MX", f"10 {GATEWAY}.")
     zone.add_host(GATEWAY, GATEWAY_IP)
@@ -79,25 +81,21 @@ def base_zone(keys_dir: Path) -> Zone:
     for host, ip in scenarios.MAILCHIMP_HOSTS:
         zone.add_host(host, ip)
         zone.add(host, "TXT", f"v=spf1 include:{host.split('.', 2)[2]} -all")
-    return zone
+    return zone, signing
 
 
-def _key(keys_dir: Path, domain: str, selector: str) -> bytes:
-    return keys.load_or_create(keys_dir, domain, selector, _KEY_BITS.get(selector, 1024))
-
-
-def render(d: Draft, keys_dir: Path) -> bytes:
+def render(d: Draft, signing: Keys) -> bytes:
     """The message as it left the sender's last MTA: signed, maybe altered by a list, re-signed."""
     boundary = "=_" + hashlib.sha256(d.message_id.encode()).hexdigest()[:16] + "_"
     raw = mime.build(d.content, d.sent, d.tz_minutes, d.message_id, boundary)
     for domain, sel in d.signers:
-        raw = mime.sign(raw, domain, sel, _key(keys_dir, domain, sel), d.sent)
+        raw = mime.sign(raw, domain, sel, signing[(domain, sel)], d.sent)
     if d.footer:
         raw = raw + d.footer.encode("utf-8")
     if d.list_headers:
         raw = "".join(f"{k}: {v}\n" for k, v in d.list_headers).encode("utf-8") + raw
     for domain, sel in d.resign:
-        raw = mime.sign(raw, domain, sel, _key(keys_dir, domain, sel), d.sent)
+        raw = mime.sign(raw, domain, sel, signing[(domain, sel)], d.sent)
     return raw
 
 
@@ -144,7 +142,7 @@ def generate(out: Path, seed: int, users: int, days: int, start: date, keys_dir:
         raise EdrulesError(f"the period {start} + {days} days must end before today")
     allow = (AllowEntry(ctx.otp_user.address, OTP_FROM), AllowEntry(ctx.parcel_user.address, PARCEL_FROM))
     drafts = scenarios.drafts(ctx, seed, start, days)
-    zone = base_zone(keys_dir)
+    zone, signing = base_zone(keys_dir)
     for d in drafts:
         if d.route.rdns:
             zone.add_host(d.route.rdns, d.route.ip)
@@ -153,7 +151,7 @@ def generate(out: Path, seed: int, users: int, days: int, start: date, keys_dir:
     files: dict[str, bytes] = {}
     for seq, d in enumerate(drafts, 1):
         received = d.sent + timedelta(seconds=1 + rng.randrange(20))
-        raw, auth = stamp(d, _sender_hop(d, rng) + render(d, keys_dir), zone, received, rng)
+        raw, auth = stamp(d, _sender_hop(d, rng) + render(d, signing), zone, received, rng)
         decisions = tuple((rc, decide(d.label, _from_addr(d), d.route.envelope_from, d.route.helo, rc, allow)) for rc in d.recipients)
         path = file_name(d, seq)
         files[path] = raw
