@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import random
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -166,17 +167,29 @@ def _from_addr(d: Draft) -> str | None:
 
 
 def _write(out: Path, tenant: Tenant, files: dict[str, bytes], zone: Zone) -> None:
+    """Replace the folder's contents, touching only files that change: others may be reading
+    the committed tenant (notebooks, tests) while it is regenerated."""
     out.mkdir(parents=True, exist_ok=True)
+    old = set()
     for label in LABELS:
-        folder = out / str(label)
-        folder.mkdir(exist_ok=True)
-        for old in folder.glob("*.eml"):  # only what an earlier run wrote
-            old.unlink()
-    for path, raw in files.items():
-        (out / path).write_bytes(raw)
-    (out / "zone.txt").write_text(zone.to_master(ZONE_HEADER), encoding="utf-8")
-    (out / "quarantine.csv").write_text(quarantine_csv(tenant), encoding="utf-8", newline="")
-    (out / "README.md").write_text(readme(tenant), encoding="utf-8")
+        (out / str(label)).mkdir(exist_ok=True)
+        old.update(p.relative_to(out).as_posix() for p in (out / str(label)).glob("*.eml"))
+    files = {**files,
+             "zone.txt": zone.to_master(ZONE_HEADER).encode("utf-8"),
+             "quarantine.csv": quarantine_csv(tenant).encode("utf-8"),
+             "README.md": readme(tenant).encode("utf-8")}
+    for rel, data in files.items():
+        _replace(out / rel, data)
+    for rel in sorted(old - set(files)):  # only .eml files an earlier run wrote
+        (out / rel).unlink()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
 
 ZONE_HEADER = (
