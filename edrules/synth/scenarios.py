@@ -206,7 +206,7 @@ def ses_otp(ctx: Ctx, rng: random.Random, day: date) -> Iterator[Draft]:
     if not is_workday(day) or rng.random() > 0.55:
         return
     user = ctx.otp_user
-    for i in range(1 + (rng.random() < 0.2)):  # sometimes a second code after a timeout
+    for _ in range(1 + (rng.random() < 0.2)):  # sometimes a second code after a timeout
         when = _when(rng, day)
         route = ses_route(rng, when=when[0])
         subject, body, html = text.otp(rng)
