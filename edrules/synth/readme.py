@@ -27,6 +27,7 @@ def readme(t: Tenant) -> str:
             if dec.action is Action.QUARANTINE:
                 held_by_label[str(m.draft.label)] += 1
                 reasons[str(dec.reason)] += 1
+    first_otp = next((m.path for m in msgs if m.draft.scenario == "ses_otp"), "ham/<an ses_otp message>.eml")
     networks = Counter((_network(m.draft.route.helo), str(m.draft.label)) for m in msgs)
     q_rows = sum(1 for m in msgs if any(d.action is Action.QUARANTINE for _r, d in m.decisions))
     end = t.start + timedelta(days=t.days - 1)
@@ -101,6 +102,15 @@ def readme(t: Tenant) -> str:
         f"parcelzone.cz forgery reaches {t.ctx.parcel_user.user.name} through her allow entry.",
         "- bulk `amazonses: allow`: no SES mail is a forgery any more; only the scanner's category stops "
         "SES-sent phishing and spam.",
+        "",
+        "## Try the story",
+        "",
+        "```text",
+        "edrules pack compile data/rules/current.yaml -o /tmp/current.json",
+        f"edrules explain --pack /tmp/current.json --allow-unsigned --trust-authserv {GATEWAY} \\",
+        f"    data/demo-tenant/{first_otp}",
+        "edrules demo    # ingests this tenant and compares every file in data/rules/",
+        "```",
         "",
         "## Files",
         "",
