@@ -14,7 +14,7 @@ from edrules.ingest.authheaders import NO_AUTHSERV_ID
 
 # Auto-detection: an authserv-id is the receiving system's own when it heads the
 # Authentication-Results of at least this share of the sampled messages (and MIN_MESSAGES).
-AUTO_MIN_SHARE = 0.05
+AUTO_MIN_SHARE = 0.10
 AUTO_MIN_MESSAGES = 1
 AUTO_SAMPLE = 500
 
