@@ -12,7 +12,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -82,6 +82,28 @@ def rules_schema() -> dict[str, Any]:
     return json.loads(resources.files("edrules.rules").joinpath("schema.json").read_text("utf-8"))
 
 
+def _entry_schema() -> dict[str, Any]:
+    """The schema of one allow/block entry, standalone (with the shared $defs)."""
+    schema = rules_schema()
+    return {**schema["$defs"]["entry"], "$defs": schema["$defs"]}
+
+
+def _jsonschema_validator(schema: dict[str, Any]) -> Any:
+    return _jsonschema().Draft202012Validator(schema)
+
+
+@lru_cache(maxsize=1)
+def _fast_validators() -> tuple[Any, Any, type[Exception]] | None:
+    """(whole document, one entry, its exception) compiled by fastjsonschema; None without it
+    (then jsonschema alone validates, only slower)."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    return (fastjsonschema.compile(rules_schema()), fastjsonschema.compile(_entry_schema()),
+            fastjsonschema.JsonSchemaException)
+
+
 def parse_rules(text: str, *, source: str = "<rules>", catalog: Catalog | None = None) -> Policy:
     """Parse and validate a rules document; raises RulesError listing every problem."""
     policy, errors = _Parser(source, catalog or load_catalog()).run(text)
@@ -114,6 +136,12 @@ def _field(path: PathKey) -> str:
     return out
 
 
+# libyaml when present: the pure-Python composer needs ~1 s per 1,000 entries.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR_TAG = "tag:yaml.org,2002:str"
+_ALIASES = "YAML anchors and aliases are not supported in rules files"
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     data: Any
@@ -124,12 +152,19 @@ def _load_located(text: str) -> _Loaded:
     """YAML -> plain data plus a line for every path, from the composed node marks.
 
     Duplicate mapping keys raise (PyYAML would silently keep the last one, hiding an entry).
+    Aliases raise too: they let a small document expand without bound ("billion laughs") or
+    refer to itself, and rules files have no need for them. The composer shares the aliased
+    node, so a node met twice is an alias.
     """
-    node = yaml.compose(text, Loader=_NoAliasLoader)
+    node = yaml.compose(text, Loader=_YAML_LOADER)
     lines: dict[PathKey, int] = {(): 1}
     constructor = yaml.SafeLoader("")
+    seen: set[int] = set()
 
     def walk(n: yaml.Node, path: PathKey) -> Any:
+        if id(n) in seen:
+            raise _Located(_ALIASES, _alias_line(text), _field(path) or None)
+        seen.add(id(n))
         if isinstance(n, yaml.MappingNode):
             out: dict[str, Any] = {}
             for k, v in n.value:
@@ -147,22 +182,23 @@ def _load_located(text: str) -> _Loaded:
                 lines[(*path, i)] = v.start_mark.line + 1
                 items.append(walk(v, (*path, i)))
             return items
-        return constructor.construct_object(n, deep=True)
+        if n.tag == _STR_TAG:
+            return n.value
+        value = constructor.construct_object(n, deep=True)
+        constructor.constructed_objects.clear()
+        return value
 
     if node is None:
         return _Loaded({}, lines)
     return _Loaded(walk(node, ()), lines)
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Refuses aliases where they occur: they let a small document expand without bound
-    ("billion laughs") or refer to itself, and rules files have no need for them."""
-
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise _Located("YAML anchors and aliases are not supported in rules files", mark.line + 1)
-        return super().compose_node(parent, index)
+def _alias_line(text: str) -> int | None:
+    """Line of the first alias (`*name`); only looked up on the error path."""
+    for token in yaml.scan(text, Loader=_YAML_LOADER):
+        if isinstance(token, yaml.AliasToken):
+            return token.start_mark.line + 1
+    return None
 
 
 class _Located(Exception):
@@ -228,18 +264,48 @@ class _Parser:
     # -- JSON Schema -------------------------------------------------------------------
 
     def _schema(self, data: dict[str, Any]) -> None:
-        schema = rules_schema()
-        validator = _jsonschema().Draft202012Validator(schema)
-        for err in sorted(validator.iter_errors(_jsonable(data)), key=lambda e: list(map(str, e.absolute_path))):
-            path: PathKey = tuple(err.absolute_path)
+        """Report every schema violation. jsonschema collects all errors but needs ~6 s per
+        10,000 entries, so a compiled validator (fastjsonschema) checks first; only the parts
+        it rejects (the top level, and each rejected entry) go through jsonschema for messages.
+        tests/test_rules_parse.py holds the two validators to the same verdicts."""
+        doc = _jsonable(data)
+        fast = _fast_validators()
+        if fast is None:
+            self._report(_jsonschema_validator(rules_schema()).iter_errors(doc), ())
+            return
+        whole, entry, invalid = fast
+        try:
+            whole(doc)
+            return
+        except invalid:
+            pass
+        trimmed = dict(doc)
+        rejected: list[tuple[str, int, Any]] = []
+        for lst in ("allow", "block"):
+            items = doc.get(lst)
+            if isinstance(items, list):
+                for i, item in enumerate(items):
+                    try:
+                        entry(item)
+                    except invalid:
+                        rejected.append((lst, i, item))
+                trimmed[lst] = []
+        self._report(_jsonschema_validator(rules_schema()).iter_errors(trimmed), ())
+        entry_validator = _jsonschema_validator(_entry_schema())
+        for lst, i, item in rejected:
+            self._report(entry_validator.iter_errors(item), (lst, i))
+
+    def _report(self, errors: Iterable[Any], prefix: PathKey) -> None:
+        for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
+            path: PathKey = (*prefix, *err.absolute_path)
             message = self._schema_message(err, path)
             if message is None:
                 continue
             if err.validator == "additionalProperties":
-                extra = [k for k in err.instance if k not in (err.schema.get("properties") or {})]
-                for key in extra:
+                known = list(err.schema.get("properties") or {})
+                for key in (k for k in err.instance if k not in known):
                     self.bad_paths.add((*path, key))
-                    self.error((*path, key), self._unknown_key(key, list(err.schema.get("properties") or {})))
+                    self.error((*path, key), self._unknown_key(key, known))
                 continue
             self.bad_paths.add(path)
             self.error(path, message)
@@ -278,7 +344,9 @@ class _Parser:
     # -- semantic checks and building --------------------------------------------------
 
     def _ok(self, path: PathKey) -> bool:
-        return not any(path[: len(b)] == b for b in self.bad_paths)
+        """No schema error at this path or above it (prefix lookups: no scan over errors)."""
+        bad = self.bad_paths
+        return not bad or not any(path[:n] in bad for n in range(len(path) + 1))
 
     def _build(self, data: dict[str, Any]) -> Policy:
         name = data.get("name") if isinstance(data.get("name"), str) else None
