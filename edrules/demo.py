@@ -168,7 +168,9 @@ def run_demo(db: str | Path, *, sample: str | Path = DATA / "sample", tenant: st
               show_default="data/demo-tenant", help="Demo tenant folder (generated when missing).")
 @click.option("--sample", type=click.Path(file_okay=False, path_type=Path), default=DATA / "sample",
               show_default="data/sample", help="Bundled sample folder.")
+@click.option("--rules", type=click.Path(file_okay=False, path_type=Path), default=DATA / "rules",
+              show_default="data/rules", help="Rules files to compare over the demo tenant.")
 @click.option("--jobs", type=int, default=None, help="Ingest worker processes (default: all cores).")
-def demo(db: Path, tenant: Path, sample: Path, jobs: int | None) -> None:
+def demo(db: Path, tenant: Path, sample: Path, rules: Path, jobs: int | None) -> None:
     """Generate the demo tenant if missing, ingest it and the bundled sample, print summaries."""
-    run_demo(db, sample=sample, tenant=tenant, jobs=jobs)
+    run_demo(db, sample=sample, tenant=tenant, rules=rules, jobs=jobs)
