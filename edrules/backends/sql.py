@@ -36,19 +36,19 @@ VERDICT_COLUMNS = ("dataset", "msg_key", "recipient", "action", "category", "rea
 # mode is a new block of rows, not new SQL.
 _PLAIN_PROBES: dict[FromPolicy, tuple[tuple[str, str, str, str], ...]] = {
     FromPolicy.STRICT: (
-        ("allow", "sender", "envelope_from", "always"),
-        ("allow", "domain", "envelope_from_domain", "always"),
+        ("allow", "sender", "envelope_from", "env_ok"),
+        ("allow", "domain", "envelope_from_domain", "env_ok"),
     ),
     FromPolicy.ALIGNED: (
-        ("allow", "sender", "envelope_from", "spf_pass"),
+        ("allow", "sender", "envelope_from", "spf_env_ok"),
         ("allow", "sender", "header_from", "header_aligned"),
-        ("allow", "domain", "envelope_from_domain", "spf_pass"),
+        ("allow", "domain", "envelope_from_domain", "spf_env_ok"),
         ("allow", "domain", "header_from_domain", "header_aligned"),
     ),
     FromPolicy.RELAXED: (
-        ("allow", "sender", "envelope_from", "always"),
+        ("allow", "sender", "envelope_from", "env_ok"),
         ("allow", "sender", "header_from", "header_ok"),
-        ("allow", "domain", "envelope_from_domain", "always"),
+        ("allow", "domain", "envelope_from_domain", "env_ok"),
         ("allow", "domain", "header_from_domain", "header_ok"),
     ),
 }
@@ -72,17 +72,19 @@ _COMMON_PROBES: tuple[tuple[str, str, str, str], ...] = tuple(
 # Gate token -> SQL over the candidate row's message flags.
 _GATES: dict[str, str] = {
     "always": "TRUE",
-    "spf_pass": "c.spf_pass",
+    "env_ok": "c.env_ok",
+    "spf_env_ok": "c.spf_pass AND c.env_ok",
     "header_ok": "c.header_ok",
     "header_aligned": "c.header_ok AND c.aligned_auth",
     "via": "c.header_ok AND v.eid IS NOT NULL",
 }
 
-# Forgery per From-policy, over the derived flags of CTE `d` (docs/rules.md "Derived facts").
+# Forgery per From-policy, over the derived flags of CTE `d` (docs/rules.md "Derived facts"):
+# every mode is a forgery when header_ok fails, so a stricter mode never passes what a weaker stops.
 _FORGERY: dict[FromPolicy, str] = {
-    FromPolicy.STRICT: "d.from_invalid OR coalesce(d.header_from_org <> d.env_org, FALSE)",
-    FromPolicy.ALIGNED: "d.from_invalid OR NOT d.aligned_auth",
-    FromPolicy.RELAXED: "d.from_invalid OR d.dmarc_enforced_fail",
+    FromPolicy.STRICT: "NOT d.header_ok OR coalesce(d.header_from_org <> d.env_org, FALSE)",
+    FromPolicy.ALIGNED: "NOT d.header_ok OR NOT d.aligned_auth",
+    FromPolicy.RELAXED: "NOT d.header_ok",
 }
 
 # Infrastructure check token -> SQL: does the message's identity equal or sit label-wise under
@@ -384,6 +386,7 @@ d AS (  -- derived facts per message (docs/rules.md "Derived facts")
          coalesce(t.spf = 'pass', FALSE) AS spf_pass,
          coalesce(t.dmarc = 'fail' AND t.dmarc_policy IN ('quarantine', 'reject'), FALSE) AS dmarc_enforced_fail,
          NOT coalesce(t.from_invalid, FALSE) AND NOT dmarc_enforced_fail AS header_ok,
+         NOT (dmarc_enforced_fail AND coalesce(env_org = t.header_from_org, FALSE)) AS env_ok,
          coalesce(t.dmarc = 'pass', FALSE)
            OR coalesce(spf_pass AND env_org = t.header_from_org, FALSE)
            OR coalesce(len(list_filter(t.dkim, lambda k: k.result = 'pass' AND k.org = t.header_from_org)) > 0, FALSE)
@@ -540,7 +543,7 @@ def copy_verdicts(con: duckdb.DuckDBPyConnection, policy: Policy, out: str, *,
     with registered(con, policy, now=now, dataset=dataset, messages=messages,
                     recipients=recipients) as sql:
         con.execute(f"COPY ({sql}) TO $out (FORMAT parquet)", {"out": str(out)})
-        return con.execute(f"SELECT count(*) FROM read_parquet($out)", {"out": str(out)}).fetchone()[0]
+        return con.execute("SELECT count(*) FROM read_parquet($out)", {"out": str(out)}).fetchall()[0][0]
 
 
 def verdict_counts(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datetime | None = None,
