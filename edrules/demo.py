@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edrules.errors import EdrulesError
+
+if TYPE_CHECKING:  # imported lazily at run time: `edrules --help` stays fast
+    from edrules.ingest.pipeline import IngestSummary
+    from edrules.ingest.trust import TrustConfig
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TENANT_GATEWAY = "mx1.northwind-traders.cz"  # edrules.synth.world.GATEWAY, without importing synth
@@ -36,7 +41,7 @@ class Run:
     rules: Path
     echo: Callable[[str], None] = click.echo
     jobs: int | None = None
-    summaries: list[tuple[str, object]] = field(default_factory=list)
+    summaries: list[tuple[str, IngestSummary]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +60,8 @@ def ensure_tenant(r: Run) -> None:
     r.echo("  " + summary_line(synthesize(r.tenant)))
 
 
-def _ingest(r: Run, what: str, paths: list[Path], dataset: str, label: str | None = None, trust=None) -> None:
+def _ingest(r: Run, what: str, paths: list[Path], dataset: str, label: str | None = None,
+            trust: TrustConfig | None = None) -> None:
     from edrules.ingest import ingest_paths
 
     summary = ingest_paths(r.db, paths, dataset=dataset, label=label, trust=trust, jobs=r.jobs)
@@ -74,7 +80,7 @@ def ingest_sample(r: Run) -> None:
     _ingest(r, "other folders (unlabelled)", rest, "sample")
 
 
-def _tenant_trust():
+def _tenant_trust() -> TrustConfig:
     from edrules.ingest.trust import TrustConfig
 
     # The gateway stamped Received, Received-SPF and Authentication-Results; nothing else is believed.
