@@ -102,7 +102,10 @@ def explain(message: str, pack_file: str | None, pubkey: str | None, allow_unsig
     """Show the facts of one message, the verdict per recipient, and why."""
     from edrules.rules.explain import explain_message
 
-    data = sys.stdin.buffer.read() if message == "-" else Path(message).read_bytes()
+    try:
+        data = sys.stdin.buffer.read() if message == "-" else Path(message).read_bytes()
+    except OSError as exc:
+        raise EdrulesError(f"cannot read message: {exc.strerror} in {message}") from None
     report = explain_message(
         data, source=message, pack_path=pack_file, pubkey_path=pubkey,
         allow_unsigned=allow_unsigned, trusted_authserv_ids=trust_authserv,
