@@ -81,3 +81,37 @@ def test_catalog_from_yaml_reports_the_line_of_a_syntax_error(tmp_path):
     with pytest.raises(EdrulesError) as err:
         Catalog.from_yaml(f)
     assert str(f) in str(err.value) and ":3" in str(err.value)
+
+
+# One real message per provider (phishing_pot: ESP abuse received by Microsoft 365), with the
+# signal that identifies it: envelope domain, DKIM d= (pass), or HELO of the trusted hop.
+PROVIDER_SAMPLES = [
+    ("amazonses", "sample-1015.eml"), ("brevo", "sample-2201.eml"), ("constantcontact", "sample-1267.eml"),
+    ("hubspot", "sample-1736.eml"), ("klaviyo", "sample-1210.eml"), ("mailchimp", "sample-1348.eml"),
+    ("mailgun", "sample-1003.eml"), ("mailjet", "sample-2852.eml"), ("marketo", "sample-3450.eml"),
+    ("postmark", "sample-2203.eml"), ("salesforce", "sample-4738.eml"), ("sendgrid", "sample-118.eml"),
+    ("sparkpost", "sample-2833.eml"), ("zendesk", "sample-1110.eml"),
+]
+
+
+@pytest.mark.parametrize("provider, sample", PROVIDER_SAMPLES, ids=[p for p, _ in PROVIDER_SAMPLES])
+def test_each_provider_is_identified_on_a_real_corpus_message(corpus, provider, sample):
+    from edrules.ingest import TrustConfig, facts_from_bytes
+
+    path = corpus / "phishing_pot" / sample
+    if not path.exists():
+        pytest.skip(f"{sample} not in this corpus snapshot")
+    trust = TrustConfig(authserv_ids=frozenset({"(none)", "protection.outlook.com", "mx.google.com"}))
+    assert facts_from_bytes(path.read_bytes(), trust=trust).facts.bulk_provider == provider
+
+
+def test_every_required_provider_has_a_real_corpus_example():
+    assert {p for p, _ in PROVIDER_SAMPLES} == REQUIRED
+
+
+def test_untrusted_dkim_results_do_not_name_a_provider(corpus):
+    from edrules.ingest import TrustConfig, facts_from_bytes
+
+    raw = (corpus / "phishing_pot" / "sample-4738.eml").read_bytes()
+    f = facts_from_bytes(raw, trust=TrustConfig(authserv_ids=frozenset({"nobody.example"}), auto_detect=False)).facts
+    assert f.dkim == () and f.bulk_provider is None
