@@ -72,13 +72,13 @@ class Explanation:
         return {
             "policy": self.policy_name,
             "from_policy": self.from_policy,
+            # Each verdict in the stable Verdict JSON shape (DESIGN.md), facts included.
             "verdicts": [
-                {**v.to_json(), "explanation": s} for v, s in zip(self.verdicts, self.sentences)
+                {**v.to_json(self.facts), "explanation": s} for v, s in zip(self.verdicts, self.sentences)
             ],
             "hint": self.hint,
             "warnings": list(self.warnings),
-            "facts": self.verdicts[0].to_json(self.facts)["facts"] if self.verdicts
-            else _facts_json(self.facts),
+            "facts": _facts_json(self.facts),
         }
 
     def to_text(self) -> str:
