@@ -12,7 +12,6 @@ import ipaddress
 import os
 import platform
 import random
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path

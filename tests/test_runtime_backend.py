@@ -5,15 +5,14 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edrules.backends.runtime import IntervalIndex, RuntimeEvaluator, cidr_range, ip_to_int
 from edrules.domains import address_domain, normalize_address, normalize_domain, org_domain
-from edrules.facts import Action, DkimSignatureResult, MessageFacts
+from edrules.facts import DkimSignatureResult, MessageFacts
 from edrules.rules.parse import parse_rules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
