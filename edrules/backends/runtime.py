@@ -19,7 +19,6 @@ from edrules.rules.model import (
     Entry,
     EntryKind,
     FromPolicy,
-    ListKind,
     Policy,
     ProviderDef,
     ScopeKind,
@@ -28,7 +27,7 @@ from edrules.rules.model import (
 
 # IPv6 addresses live above the IPv4 space in one integer line, so one sorted array holds both.
 _V6_OFFSET = 1 << 32
-_STRICT, _ALIGNED, _RELAXED = FromPolicy.STRICT, FromPolicy.ALIGNED, FromPolicy.RELAXED
+_STRICT, _ALIGNED = FromPolicy.STRICT, FromPolicy.ALIGNED
 _DMARC_ENFORCING = ("quarantine", "reject")
 # Roles of a probed identity value (bit mask: one value can be both, e.g. From = envelope).
 _ENV, _HDR = 1, 2
@@ -122,12 +121,12 @@ class _Ref:
     via_hi: int | None = None
 
 
-def _ref(e: Entry, pos: int) -> _Ref:
+def _ref(e: Entry, pos: int, allow: bool) -> _Ref:
     via_lo = via_hi = None
     if e.via is not None and e.via.kind is ViaKind.CIDR:
         via_lo, via_hi = cidr_range(e.via.value)
     kind = {ScopeKind.GLOBAL: _GLOBAL, ScopeKind.DOMAIN: _SDOMAIN, ScopeKind.USER: _SUSER}[e.scope.kind]
-    return _Ref(e.list is ListKind.ALLOW, pos, e, e.via is not None, kind, e.scope.value, via_lo, via_hi)
+    return _Ref(allow, pos, e, e.via is not None, kind, e.scope.value, via_lo, via_hi)
 
 
 @dataclass(slots=True)
@@ -167,9 +166,10 @@ class RuntimeEvaluator:
         self._ip_refs: list[_Ref] = []
         ip_ranges: list[tuple[int, int, int]] = []
         self._has_sub = False
-        for entries in (policy.allow, policy.block):
+        # The list an entry sits in decides allow/block (not Entry.list, which merely repeats it).
+        for allow, entries in ((True, policy.allow), (False, policy.block)):
             for pos, e in enumerate(entries):
-                r = _ref(e, pos)
+                r = _ref(e, pos, allow)
                 if e.kind is EntryKind.IP:
                     lo, hi = cidr_range(e.value)
                     ip_ranges.append((lo, hi, len(self._ip_refs)))
