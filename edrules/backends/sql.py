@@ -346,12 +346,14 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
     inbound_expr = "FALSE"
     if with_ips:
         ip_ctes = f"""
-ip_hits AS (  -- (client_ip, CIDR row) on equal (family, prefix, masked address): a hash join
+ip_keys AS MATERIALIZED (  -- each distinct client IP masked to every prefix length in use
+  SELECT i.client_ip, i.family, k.plen, i.hi & k.hi_mask AS m_hi, i.lo & k.lo_mask AS m_lo
+  FROM {n['ips']} i JOIN {n['masks']} k ON k.family = i.family
+),
+ip_hits AS (  -- then one equi-join on (family, prefix, network): no range join, no nested loop
   SELECT i.client_ip, c.role, c.eid
-  FROM {n['ips']} i
-  JOIN {n['masks']} k ON k.family = i.family
-  JOIN {n['cidrs']} c ON c.family = i.family AND c.plen = k.plen
-   AND c.net_hi = (i.hi & k.hi_mask) AND c.net_lo = (i.lo & k.lo_mask)
+  FROM ip_keys i
+  JOIN {n['cidrs']} c ON c.family = i.family AND c.plen = i.plen AND c.net_hi = i.m_hi AND c.net_lo = i.m_lo
 ),
 relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
         ip_branch = """
