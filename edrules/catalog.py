@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -38,7 +38,10 @@ def _suffix_index(providers: Iterable[Provider], attr: str) -> dict[str, str]:
 def _match(index: Mapping[str, str], domain: str | None) -> str | None:
     """Provider whose suffix equals the domain or one of its parents (label-wise, longest first)."""
     d = normalize_domain(domain)
-    if not d or is_ip_literal(d):
+    if not d:
+        return None
+    # Host names end in a letter (TLDs are alphabetic); only then skip the costly IP check.
+    if (d[-1].isdigit() or ":" in d) and is_ip_literal(d):
         return None
     while True:
         hit = index.get(d)
@@ -52,7 +55,7 @@ def _match(index: Mapping[str, str], domain: str | None) -> str | None:
 class Catalog:
     """Providers keyed by canonical name, with suffix indices for fast identification."""
 
-    __slots__ = ("version", "providers", "_names", "_envelope", "_dkim", "_helo", "_domain")
+    __slots__ = ("version", "providers", "_names", "_envelope", "_dkim", "_helo", "_domain", "_cache")
 
     def __init__(self, version: str, providers: Mapping[str, Provider]):
         self.version = version
@@ -66,6 +69,12 @@ class Catalog:
         self._dkim = _suffix_index(self.providers.values(), "dkim_domains")
         self._helo = _suffix_index(self.providers.values(), "helo_suffixes")
         self._domain = {**self._dkim, **self._envelope}
+        # Ingest asks about the same few thousand domains again and again.
+        self._cache = {
+            name: lru_cache(maxsize=65536)(partial(_match, index))
+            for name, index in (("envelope", self._envelope), ("dkim", self._dkim), ("helo", self._helo),
+                                ("domain", self._domain))
+        }
 
     def resolve_name(self, name: str) -> str | None:
         """Canonical provider name from a name or alias (case-insensitive), else None."""
@@ -90,18 +99,19 @@ class Catalog:
     ) -> str | None:
         """Sending network, checked in order: envelope domain, DKIM d= (in the order given),
         HELO name, PTR name. The caller decides which DKIM results count (ingest: pass only)."""
-        hit = _match(self._envelope, envelope_domain)
+        c = self._cache
+        hit = c["envelope"](envelope_domain)
         if hit:
             return hit
         for d in dkim_domains:
-            hit = _match(self._dkim, d)
+            hit = c["dkim"](d)
             if hit:
                 return hit
-        return _match(self._helo, helo) or _match(self._helo, ptr)
+        return c["helo"](helo) or c["helo"](ptr)
 
     def provider_of_domain(self, domain: str | None) -> str | None:
         """Provider owning a domain: equal to or under any of its envelope or DKIM suffixes."""
-        return _match(self._domain, domain)
+        return self._cache["domain"](domain)
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "<catalog>") -> "Catalog":

@@ -154,24 +154,30 @@ def decode_words(value: str | None) -> str | None:
 
 
 _ATOMS = r"[^<>\s,;:()\"\\@]+"
-_SIMPLE_BOX = re.compile(rf"\s*(?:([^\"<>,;:()\\@]*?)\s*<({_ATOMS}@{_ATOMS})>|({_ATOMS}@{_ATOMS}))\s*")
+# One list element: optional display name (quoted or plain words), then <addr>, or a bare addr.
+_LIST_ITEM = re.compile(
+    rf"\s*(?:(?:\"((?:[^\"\\]|\\.)*)\"|([^\"<>,;:()\\@]*?))\s*<({_ATOMS}@{_ATOMS})>|({_ATOMS}@{_ATOMS}))\s*(?:,\s*|$)|\s*,\s*"
+)
 
 
 def mailboxes(value: str) -> list[tuple[str, str]]:
     """(display, address) pairs of an address-list field; empty entries dropped.
 
-    Plain lists (`a@x, Name <b@y>`) take a regex fast path: spam To: fields list hundreds of
-    addresses and the stdlib parser cost more than the rest of extraction together.
-    Anything with quotes, comments, groups or escapes goes to email.utils.getaddresses."""
-    if not any(c in value for c in '"();:\\'):
+    Plain lists (`a@x, "Name, Jr" <b@y>`) take a regex path: spam To: fields list hundreds of
+    addresses and the stdlib parser cost more than the rest of extraction together. Comments,
+    groups, escapes outside quotes and anything unusual go to email.utils.getaddresses."""
+    if "(" not in value and ";" not in value:
         out = []
-        for part in value.split(","):
-            if not part.strip():
-                continue
-            m = _SIMPLE_BOX.fullmatch(part)
-            if m is None:
+        pos, n = 0, len(value)
+        while pos < n:
+            m = _LIST_ITEM.match(value, pos)
+            if m is None or m.end() == pos:
                 break
-            out.append((m.group(1) or "", m.group(2) or m.group(3)))
+            addr = m.group(3) or m.group(4)
+            if addr:
+                display = m.group(1) if m.group(1) is not None else (m.group(2) or "")
+                out.append((display.replace('\\"', '"').strip(), addr))
+            pos = m.end()
         else:
             return out
     try:

@@ -57,20 +57,29 @@ def _clean(s: str | None) -> str | None:
     return s
 
 
+_KEYED = ("dataset", "msg_key")
+
+
+def _columns(schema: pa.Schema) -> dict[str, list]:
+    # Child tables keep the message's position ('_msg') instead of repeating dataset and
+    # msg_key strings per row; to_arrow expands them with a C-level take().
+    return {"_msg": [], **{c: [] for c in schema.names if c not in _KEYED}}
+
+
 @dataclass(slots=True)
 class Batch:
     """Column lists for each table; built in workers, shipped as Arrow tables."""
 
     messages: dict[str, list] = field(default_factory=lambda: {c: [] for c in MESSAGES_SCHEMA.names})
-    recipients: dict[str, list] = field(default_factory=lambda: {c: [] for c in RECIPIENTS_SCHEMA.names})
-    hops: dict[str, list] = field(default_factory=lambda: {c: [] for c in HOPS_SCHEMA.names})
-    headers: dict[str, list] = field(default_factory=lambda: {c: [] for c in HEADERS_SCHEMA.names})
+    recipients: dict[str, list] = field(default_factory=lambda: _columns(RECIPIENTS_SCHEMA))
+    hops: dict[str, list] = field(default_factory=lambda: _columns(HOPS_SCHEMA))
+    headers: dict[str, list] = field(default_factory=lambda: _columns(HEADERS_SCHEMA))
     errors: dict[str, list] = field(default_factory=lambda: {c: [] for c in ERRORS_SCHEMA.names})
     bytes: int = 0
 
     def add(self, m: ExtractedMessage) -> None:
         f = m.facts
-        ds, key = f.dataset, f.msg_key
+        mi = len(self.messages["msg_key"])
         cols = self.messages
         for name in MESSAGES_SCHEMA.names:
             v = getattr(f, name)
@@ -81,8 +90,7 @@ class Batch:
             cols[name].append(v)
         r = self.recipients
         for rc in m.recipient_rows:
-            r["dataset"].append(ds)
-            r["msg_key"].append(key)
+            r["_msg"].append(mi)
             r["recipient"].append(_clean(rc.address))
             r["recipient_domain"].append(_clean(rc.domain))
             r["recipient_source"].append(rc.source)
@@ -91,8 +99,7 @@ class Batch:
         h = self.hops
         n = len(m.hops)
         if n:
-            h["dataset"].extend([ds] * n)
-            h["msg_key"].extend([key] * n)
+            h["_msg"].extend([mi] * n)
             for hop in m.hops:
                 h["idx"].append(hop.idx)
                 h["from_host"].append(hop.from_host)
@@ -105,8 +112,7 @@ class Batch:
                 h["raw"].append(hop.raw)
         hd = self.headers
         n = len(m.headers)
-        hd["dataset"].extend([ds] * n)
-        hd["msg_key"].extend([key] * n)
+        hd["_msg"].extend([mi] * n)
         hd["idx"].extend(range(n))
         names, values = zip(*m.headers) if n else ((), ())
         hd["name"].extend(names)
@@ -121,11 +127,23 @@ class Batch:
         e["detail"].append(_clean(detail[:2000]))
 
     def to_arrow(self) -> "ArrowBatch":
+        messages = pa.Table.from_pydict(self.messages, MESSAGES_SCHEMA)
+
+        def child(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
+            at = pa.array(cols["_msg"], pa.int32())
+            arrays = []
+            for fld in schema:
+                if fld.name in _KEYED:
+                    arrays.append(messages.column(fld.name).take(at))
+                else:
+                    arrays.append(pa.array(cols[fld.name], fld.type))
+            return pa.Table.from_arrays(arrays, schema=schema)
+
         return ArrowBatch(
-            pa.Table.from_pydict(self.messages, MESSAGES_SCHEMA),
-            pa.Table.from_pydict(self.recipients, RECIPIENTS_SCHEMA),
-            pa.Table.from_pydict(self.hops, HOPS_SCHEMA),
-            pa.Table.from_pydict(self.headers, HEADERS_SCHEMA),
+            messages,
+            child(self.recipients, RECIPIENTS_SCHEMA),
+            child(self.hops, HOPS_SCHEMA),
+            child(self.headers, HEADERS_SCHEMA),
             pa.Table.from_pydict(self.errors, ERRORS_SCHEMA),
             self.bytes,
         )
@@ -194,21 +212,30 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     con.execute("BEGIN TRANSACTION")
     try:
         if new_keys:
-            new_set = pa.array(new_keys)
             every = len(new_keys) == len(keys)  # the usual case: nothing to filter out
             tables = {
                 "messages": msgs if every else msgs.filter(pa.array(keep_mask)),
-                "recipients": _only(pa.concat_tables([b.recipients for b in batches]), new_set, every),
-                "received_hops": _only(pa.concat_tables([b.hops for b in batches]), new_set, every),
-                "headers": _only(pa.concat_tables([b.headers for b in batches]), new_set, every),
+                "recipients": pa.concat_tables([b.recipients for b in batches]),
+                "received_hops": pa.concat_tables([b.hops for b in batches]),
+                "headers": pa.concat_tables([b.headers for b in batches]),
             }
+            if not every:
+                con.register("_edr_new", pa.table({"msg_key": new_keys}))
             for table, data in tables.items():
-                if data.num_rows:
-                    con.register("_edr_in", data)
+                if not data.num_rows:
+                    continue
+                con.register("_edr_in", data)
+                if every or table == "messages":
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
-                    con.unregister("_edr_in")
+                else:
+                    # the same message twice in one run: only the first copy's rows are new
+                    con.execute(f"""INSERT INTO {table} BY NAME SELECT * FROM _edr_in
+                                    WHERE msg_key IN (SELECT msg_key FROM _edr_new)""")
+                con.unregister("_edr_in")
+            if not every:
+                con.unregister("_edr_new")
             counts.messages = tables["messages"].num_rows
-            counts.recipients = tables["recipients"].num_rows
+            counts.recipients = _count_new(tables["recipients"], new_keys, every)
         if errs.num_rows:
             con.register("_edr_err", errs)
             con.execute(
@@ -227,10 +254,10 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     return counts
 
 
-def _only(table: pa.Table, keys: pa.Array, everything: bool = False) -> pa.Table:
-    if not table.num_rows or everything:
-        return table
-    return table.filter(pc.is_in(table.column("msg_key"), value_set=keys))
+def _count_new(table: pa.Table, new_keys: list[str], every: bool) -> int:
+    if every or not table.num_rows:
+        return table.num_rows
+    return int(pc.sum(pc.is_in(table.column("msg_key"), value_set=pa.array(new_keys))).as_py() or 0)
 
 
 def read_facts(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> list[MessageFacts]:

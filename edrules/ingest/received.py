@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 
@@ -43,8 +43,8 @@ class Hop:
     trusted: bool = False  # written by a trusted relay (at or above the edge hop)
 
 
-_BY = re.compile(r"(?:^|[\s)])by\s+([^\s;()]+)", re.I)
-_WITH = re.compile(r"\swith\s+([A-Za-z0-9_-]+)", re.I)
+_BY_TOKEN = re.compile(r"\s*([^\s;()]+)")
+_WITH_TOKEN = re.compile(r"\s*([A-Za-z0-9_-]+)")
 _BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
 _PAREN_IP = re.compile(r"\(\s*(?:IPv6:)?([0-9A-Fa-f:.]{3,})\s*\)")
 _EXIM_HELO = re.compile(r"\bhelo=([^\s)]+)", re.I)
@@ -59,10 +59,29 @@ def _date(value: str) -> datetime | None:
     return parse_date(tail)
 
 
+_FAST_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},?\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d\d)(?::(\d\d))?(?:\.\d+)?\s+([+-])(\d\d)(\d\d)\b"
+)
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+
+
 def parse_date(text: str | None) -> datetime | None:
-    """RFC 5322 date to naive UTC, or None when unparsable or absurd."""
+    """RFC 5322 date to naive UTC, or None when unparsable or absurd. The common numeric-zone
+    form takes a regex path (Received dates are a quarter of the extraction profile)."""
     if not text:
         return None
+    m = _FAST_DATE.match(text)
+    if m is not None:
+        mon = _MONTHS.get(m.group(2).lower())
+        if mon is not None:
+            try:
+                local = datetime(int(m.group(3)), mon, int(m.group(1)), int(m.group(4)), int(m.group(5)),
+                                 int(m.group(6) or 0))
+                offset = timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
+                dt = local - offset if m.group(7) == "+" else local + offset
+            except (ValueError, OverflowError):
+                return None
+            return dt if 1970 <= dt.year <= 2200 else None
     try:
         dt = parsedate_to_datetime(text.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -87,14 +106,27 @@ def _host(token: str | None) -> str | None:
     return ip if ip else normalize_domain(t)
 
 
+def _find_word(lv: str, word: str) -> int:
+    """Index of ' word ' (or ')word ') in lower-cased text; str.find beats a regex scan here."""
+    i = lv.find(" " + word + " ")
+    j = lv.find(")" + word + " ")
+    if i < 0:
+        return j
+    return i if j < 0 else min(i, j)
+
+
 def parse_received(value: str, idx: int = 0, position: int = 0, trusted: bool = False) -> Hop:
     """Best-effort parse; fields that cannot be found are None, never an exception."""
     v = " ".join(value.split())
-    by_m = _BY.search(v)
-    by_host = _host(by_m.group(1)) if by_m else None
+    lv = v.lower()
+    by_at = 0 if lv.startswith("by ") else _find_word(lv, "by")
+    by_host = None
+    if by_at >= 0:
+        by_m = _BY_TOKEN.match(v, by_at + (2 if by_at == 0 else 3))
+        by_host = _host(by_m.group(1)) if by_m else None
     from_clause = ""
-    if v[:5].lower() == "from ":
-        from_clause = v[5 : by_m.start()] if by_m else v[5:]
+    if lv.startswith("from "):
+        from_clause = v[5:by_at] if by_at > 0 else v[5:]
     from_host = from_rdns = from_ip = None
     if from_clause:
         token, _, rest = from_clause.strip().partition(" ")
@@ -118,7 +150,8 @@ def parse_received(value: str, idx: int = 0, position: int = 0, trusted: bool = 
             from_host = normalize_ip(from_host) or normalize_domain(from_host)
         if from_rdns and is_ip_literal(from_rdns):
             from_rdns = None
-    with_m = _WITH.search(v)
+    w = _find_word(lv, "with")
+    with_m = _WITH_TOKEN.match(v, w + 5) if w >= 0 else None
     return Hop(
         idx=idx,
         position=position,

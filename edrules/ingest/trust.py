@@ -73,12 +73,12 @@ class TrustConfig:
     def trusts_relay_ip(self, ip: str | None) -> bool:
         if not ip:
             return False
-        addr = _addr(ip)
-        if addr is None:
-            return False
-        if self.auto_detect and any(addr.version == n.version and addr in n for n in _INTERNAL):
+        if self.auto_detect and _is_internal(ip):
             return True
-        return any(addr.version == n.version and addr in n for n in self._networks)
+        if not self._networks:
+            return False
+        addr = _addr(ip)
+        return addr is not None and any(addr.version == n.version and addr in n for n in self._networks)
 
 
 # Addresses only a site's own hosts use (RFC 1918, loopback, link-local, IPv6 ULA). Python's
@@ -88,6 +88,12 @@ _INTERNAL = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
               "::1/128", "fc00::/7", "fe80::/10")
 )
+
+
+@lru_cache(maxsize=65536)
+def _is_internal(ip: str) -> bool:
+    addr = _addr(ip)
+    return addr is not None and any(addr.version == n.version and addr in n for n in _INTERNAL)
 
 
 @lru_cache(maxsize=4096)
