@@ -180,8 +180,9 @@ class RuleEditor:
             f'<br><small>{label}</small></div>'
             for k, label in COUNT_KEYS
         )
-        self.counts.value = f'<div class="edr-counts-row">{cells}</div>'
+        # Detail first: the counts are what a reader (and the browser test) waits on.
         self.detail.value = _summary_html(diff)
+        self.counts.value = f'<div class="edr-counts-row">{cells}</div>'
         return diff
 
     def compile(self) -> CompiledPack | None:
