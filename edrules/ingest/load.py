@@ -76,6 +76,7 @@ class Batch:
     headers: dict[str, list] = field(default_factory=lambda: _columns(HEADERS_SCHEMA))
     errors: dict[str, list] = field(default_factory=lambda: {c: [] for c in ERRORS_SCHEMA.names})
     bytes: int = 0
+    files: int = 0
 
     def add(self, m: ExtractedMessage) -> None:
         f = m.facts
@@ -146,6 +147,7 @@ class Batch:
             child(self.headers, HEADERS_SCHEMA),
             pa.Table.from_pydict(self.errors, ERRORS_SCHEMA),
             self.bytes,
+            self.files,
         )
 
 
@@ -157,6 +159,7 @@ class ArrowBatch:
     headers: pa.Table
     errors: pa.Table
     bytes: int
+    files: int = 0
 
 
 def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, bool]:

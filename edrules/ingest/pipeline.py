@@ -15,11 +15,21 @@ from edrules.errors import EdrulesError
 from edrules.ingest.extract import extract, normalize_category, top_auth_ids
 from edrules.ingest.headers import split_header_block
 from edrules.ingest.load import ArrowBatch, Batch, connect, load
-from edrules.ingest.readers import ReadFailure, Skipped, Unit, read_unit_bytes, units_of_file, walk
+from edrules.ingest.readers import (
+    ReadFailure,
+    Skipped,
+    Unit,
+    is_smtp_transcript,
+    read_unit_bytes,
+    units_of_file,
+    walk,
+)
 from edrules.ingest.trust import AUTO_SAMPLE, TrustConfig, detect_authserv_ids
 
-BATCH_UNITS = 64  # units per worker task: large enough to amortise pickling, small for balance
-FLUSH_MESSAGES = 20000  # messages per DuckDB transaction
+BATCH_FILES = 64  # files per worker task: large enough to amortise pickling, small for balance
+BATCH_BYTES = 4_000_000  # ... or fewer files when they are big (mbox)
+FLUSH_MESSAGES = 2000  # messages per DuckDB transaction; loading overlaps the workers' extraction
+SNIFF_BYTES = 262144
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,30 +62,39 @@ class IngestSummary:
         return ", ".join(parts) + f" in {self.seconds:.1f} s ({self.rate:,.0f} msg/s, {mb:.1f} MB/s)"
 
 
-def _process(args: tuple[list[Unit], str, str | None, TrustConfig]) -> ArrowBatch:
-    """Worker: extract a list of units into one Arrow batch; every unit yields a row or an error."""
-    units, dataset, label, trust = args
-    batch = Batch()
-    for u in units:
-        try:
-            if u.kind == "csv":
-                _process_csv(u, dataset, label, trust, batch)
+def _process(args: tuple[list[str], str, str | None, TrustConfig]) -> ArrowBatch:
+    """Worker: read a list of files (splitting mbox/transcripts/CSV) into one Arrow batch;
+    every message yields a row or an error row, in file order."""
+    paths, dataset, label, trust = args
+    batch = Batch(files=len(paths))
+    for path in paths:
+        for u in units_of_file(Path(path)):
+            if isinstance(u, ReadFailure):
+                batch.error(dataset, u.source, u.position, u.error, u.detail)
                 continue
-            raw = read_unit_bytes(u)
-            batch.bytes += len(raw)
-            m = extract(
-                raw, source=u.source, dataset=dataset, trust=trust, detect_per_message=False,
-                label=label, mbox_from=u.mbox_from, envelope_from=u.envelope_from,
-                recipients=u.recipients or None, client_ip=u.client_ip, helo=u.helo,
-            )
-            batch.add(m)
-        except EdrulesError as exc:
-            batch.error(dataset, u.source, _position(u, exc), _code(exc), exc.message)
-        except OSError as exc:
-            batch.error(dataset, u.source, _position(u, None), "unreadable", exc.strerror or str(exc))
-        except Exception as exc:  # noqa: BLE001 - a hostile message must become an error row
-            batch.error(dataset, u.source, _position(u, None), "extract-failed", f"{type(exc).__name__}: {exc}")
+            _process_unit(u, dataset, label, trust, batch)
     return batch.to_arrow()
+
+
+def _process_unit(u: Unit, dataset: str, label: str | None, trust: TrustConfig, batch: Batch) -> None:
+    try:
+        if u.kind == "csv":
+            _process_csv(u, dataset, label, trust, batch)
+            return
+        raw = read_unit_bytes(u)
+        batch.bytes += len(raw)
+        m = extract(
+            raw, source=u.source, dataset=dataset, trust=trust, detect_per_message=False,
+            label=label, mbox_from=u.mbox_from, envelope_from=u.envelope_from,
+            recipients=u.recipients or None, client_ip=u.client_ip, helo=u.helo,
+        )
+        batch.add(m)
+    except EdrulesError as exc:
+        batch.error(dataset, u.source, _position(u, exc), _code(exc), exc.message)
+    except OSError as exc:
+        batch.error(dataset, u.source, _position(u, None), "unreadable", exc.strerror or str(exc))
+    except Exception as exc:  # noqa: BLE001 - a hostile message must become an error row
+        batch.error(dataset, u.source, _position(u, None), "extract-failed", f"{type(exc).__name__}: {exc}")
 
 
 def _process_csv(u: Unit, dataset: str, label: str | None, trust: TrustConfig, batch: Batch) -> None:
@@ -112,6 +131,7 @@ def _code(exc: EdrulesError) -> str:
 
 
 def discover(paths: Sequence[str | Path]) -> tuple[list[Unit], list[ReadFailure], list[Skipped]]:
+    """Every message unit of the inputs (used by tools that need them all up front)."""
     units: list[Unit] = []
     failures: list[ReadFailure] = []
     skipped: list[Skipped] = []
@@ -126,26 +146,46 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Unit], list[ReadFailure]
     return units, failures, skipped
 
 
-def detect_ids(units: Sequence[Unit]) -> frozenset[str]:
-    """Auto-detect trusted authserv-ids from an evenly spread sample of the run's messages."""
-    if not units:
+def detect_ids(files: Sequence[Path]) -> frozenset[str]:
+    """Auto-detect trusted authserv-ids from an evenly spread sample of the run's files
+    (the first message of each; header block only)."""
+    if not files:
         return frozenset()
-    step = max(1, len(units) // AUTO_SAMPLE)
+    step = max(1, len(files) // AUTO_SAMPLE)
     seen: list[str] = []
-    for u in units[::step][:AUTO_SAMPLE]:
-        if u.kind == "csv":
+    for path in files[::step][:AUTO_SAMPLE]:
+        if path.suffix.lower() == ".csv":
             continue
         try:
-            raw = read_unit_bytes(u)
+            with open(path, "rb") as fh:
+                head = fh.read(SNIFF_BYTES)
         except OSError:
             continue
-        seen.extend(top_auth_ids(split_header_block(raw[:262144])))
+        if is_smtp_transcript(head):
+            start = head.find(b"\nDATA")
+            head = head[head.find(b"\n", start + 1) + 1 :] if start >= 0 else b""
+        if head[:5] == b"From ":
+            head = head.partition(b"\n")[2]
+        seen.extend(top_auth_ids(split_header_block(head)))
     return detect_authserv_ids(seen)
 
 
-def _chunks(units: Sequence[Unit], size: int) -> Iterator[list[Unit]]:
-    for i in range(0, len(units), size):
-        yield list(units[i : i + size])
+def _tasks(files: Sequence[Path], dataset: str, label: str | None, trust: TrustConfig) -> Iterator[tuple]:
+    """Chunks of files for the workers: BATCH_FILES files, or fewer when they are large."""
+    chunk: list[str] = []
+    size = 0
+    for f in files:
+        try:
+            n = f.stat().st_size
+        except OSError:
+            n = 0
+        chunk.append(str(f))
+        size += n
+        if len(chunk) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield (chunk, dataset, label, trust)
+            chunk, size = [], 0
+    if chunk:
+        yield (chunk, dataset, label, trust)
 
 
 def ingest_paths(
@@ -165,20 +205,26 @@ def ingest_paths(
         raise EdrulesError("dataset name is empty")
     label = normalize_category(label)
     trust = trust or TrustConfig()
-    units, failures, skipped = discover(paths)
-    if trust.auto_detect and not trust.authserv_ids:
-        trust = trust.with_ids(detect_ids(units))
-    jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(units) // BATCH_UNITS + 1)))
-    con, owned = connect(db)
+    files: list[Path] = []
+    skipped: list[Skipped] = []
     pre = Batch()
-    for f in failures:
-        pre.error(dataset, f.source, f.position, f.error, f.detail)
+    for item in walk(paths):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+        elif isinstance(item, ReadFailure):
+            pre.error(dataset, item.source, item.position, item.error, item.detail)
+        else:
+            files.append(item)
+    if trust.auto_detect and not trust.authserv_ids:
+        trust = trust.with_ids(detect_ids(files))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(files) // BATCH_FILES + 1)))
+    con, owned = connect(db)
     totals = {"messages": 0, "recipients": 0, "errors": 0, "duplicates": 0, "bytes": 0}
     seen: set[str] = set()
     pending: list[ArrowBatch] = [pre.to_arrow()]
     pending_msgs = 0
-    tasks = ((chunk, dataset, label, trust) for chunk in _chunks(units, BATCH_UNITS))
-    bar = _bar(len(units)) if progress else None
+    tasks = _tasks(files, dataset, label, trust)
+    bar = _bar(len(files)) if progress else None
 
     def flush() -> None:
         nonlocal pending, pending_msgs
@@ -195,7 +241,7 @@ def ingest_paths(
             pending.append(batch)
             pending_msgs += batch.messages.num_rows
             if bar is not None:
-                bar.update(batch.messages.num_rows + batch.errors.num_rows)
+                bar.update(batch.files)
             if pending_msgs >= FLUSH_MESSAGES:
                 flush()
         flush()
@@ -234,4 +280,4 @@ def _run(tasks: Iterable[tuple], jobs: int) -> Iterator[ArrowBatch]:
 def _bar(total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="msg", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="file", dynamic_ncols=True, leave=False)
