@@ -100,9 +100,11 @@ def main() -> None:
     ]
     print(f"edrules auth benchmark — Python {platform.python_version()}, {platform.machine()}, "
           f"best of 5 x {SECONDS / 5:.1f} s per measurement, one core, zone resolver ({ZONE.name})")
-    print(f"{'check':<48} {'edrules/s':>10}   {'baseline':<32} {'baseline/s':>10}")
+    print(f"{'check':<48} {'edrules/s':>10}   {'baseline':<32} {'baseline/s':>10} {'ratio':>6}")
     for name, (ours, _), base_name, (base, _) in rows:
-        print(f"{name:<48} {ours:>10,.0f}   {base_name:<32} {base:>10,.0f}")
+        print(f"{name:<48} {ours:>10,.0f}   {base_name:<32} {base:>10,.0f} {ours / base:>6.2f}")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"(shared machine, {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
