@@ -287,6 +287,12 @@ def test_domain_entries_never_match_a_lookalike_and_subdomains_only_when_asked()
     assert one(subs, facts("a@example.com", "a@example.com"))[1] == "allow"
 
 
+def test_an_exact_domain_entry_stays_exact_when_other_entries_ask_for_subdomains():
+    rules = "block: [{domain: example.com}, {domain: other.example, subdomains: true}]"
+    assert one(rules, facts("a@mail.example.com", "a@mail.example.com"))[1] == "clean"
+    assert one(rules, facts("a@x.other.example", "a@x.other.example"))[2] == "block[1]"
+
+
 def test_cidr_entries_match_ipv4_and_ipv6_and_the_first_entry_in_file_order_wins():
     rules = """
 allow:
@@ -429,3 +435,144 @@ def test_the_runtime_never_crashes_and_answers_every_recipient_in_order(f):
     for v in vs:
         assert v.category in ("malware", "block", "allow", "bulk", "forgery", "phishing", "spam", "clean")
         assert v.rule_id and v.reason and v.trace
+
+
+# -- the indices against a plain scan of docs/rules.md ------------------------------------
+# A deliberately naive reference: every entry checked in file order with the table's
+# predicates. It shares no code with the runtime's indices, so an index bug shows here.
+
+from datetime import timedelta  # noqa: E402
+
+from edrules.rules.model import (  # noqa: E402
+    Entry, EntryKind, ListKind, Policy, ProviderDef, Scope, ScopeKind, Via, ViaKind,
+)
+
+SES_DEF = ProviderDef("amazonses", ("amazonses.com",), ("amazonses.com",))
+
+
+def _under(x, d):
+    return bool(x) and (x == d or x.endswith("." + d))
+
+
+def _ip_in(ip, cidr):
+    if not ip:
+        return False
+    try:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+    except (ValueError, TypeError):
+        return False
+
+
+def reference_entry(policy: Policy, f: MessageFacts, rcpt: str, allow: bool):
+    null = f.envelope_from == ""
+    env_org = f.helo_org if null else f.envelope_from_org
+    env_domain = f.helo if null else f.envelope_from_domain
+    hfo = f.header_from_org
+    fail = f.dmarc == "fail" and f.dmarc_policy in ("quarantine", "reject")
+    header_ok = not f.from_invalid and not fail
+    env_ok = not (fail and env_org is not None and env_org == hfo)
+    spf = f.spf == "pass"
+    aligned = f.dmarc == "pass" or (spf and env_org is not None and env_org == hfo) or any(
+        s.result == "pass" and hfo is not None and s.org == hfo for s in f.dkim)
+    mode = str(policy.from_policy)
+    rdomain = rcpt.rpartition("@")[2] if "@" in rcpt else None
+
+    def infra(via: Via) -> bool:
+        if via.kind is ViaKind.CIDR:
+            return _ip_in(f.client_ip, via.value)
+        if via.kind is ViaKind.DOMAIN:
+            return (spf and _under(f.envelope_from_domain, via.value)) or any(
+                s.result == "pass" and _under(s.d, via.value) for s in f.dkim)
+        p = policy.providers[via.value]
+        return (spf and any(_under(env_domain, x) for x in p.envelope_suffixes)) or any(
+            s.result == "pass" and any(_under(s.d, x) for x in p.dkim_domains) for s in f.dkim)
+
+    for e in (policy.allow if allow else policy.block):
+        if e.expires is not None and e.expires < NOW.date():
+            continue
+        s = e.scope
+        if not (s.kind is ScopeKind.GLOBAL or (s.kind is ScopeKind.DOMAIN and s.value == rdomain)
+                or (s.kind is ScopeKind.USER and s.value == rcpt)):
+            continue
+        if e.kind is EntryKind.IP:
+            if _ip_in(f.client_ip, e.value):
+                return e.id
+            continue
+
+        def hit(x):
+            return bool(x) and (x == e.value or (e.kind is EntryKind.DOMAIN and e.subdomains and x.endswith("." + e.value)))
+
+        env_v = f.envelope_from if e.kind is EntryKind.SENDER else f.envelope_from_domain
+        hdr_v = f.header_from if e.kind is EntryKind.SENDER else f.header_from_domain
+        if e.via is not None:
+            if header_ok and hit(hdr_v) and infra(e.via):
+                return e.id
+        elif not allow:
+            if hit(env_v) or hit(hdr_v):
+                return e.id
+        else:
+            env_trust = {"strict": env_ok, "aligned": spf and env_ok, "relaxed": env_ok}[mode]
+            hdr_trust = {"strict": False, "aligned": header_ok and aligned, "relaxed": header_ok}[mode]
+            if (env_trust and hit(env_v)) or (hdr_trust and hit(hdr_v)):
+                return e.id
+    return None
+
+
+_dom = st.sampled_from(["a.example", "b.a.example", "c.b.a.example", "evila.example", "amazonses.com",
+                        "mail.amazonses.com", "y.x.co.uk"])
+_addr = st.builds(lambda d: f"info@{d}", _dom)
+_cidr = st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "0.0.0.0/0",
+                         "2001:db8::/32", "2001:db8:1::/48", "::/0"])
+_ip = st.sampled_from([None, "10.1.2.3", "10.1.9.9", "10.200.0.1", "192.0.2.1", "2001:db8:1::5", "2001:db9::1"])
+_rcpts = ["a@corp.example", "b@corp.example", "c@other.example"]
+
+
+@st.composite
+def _entry(draw, i: int, lst: ListKind) -> Entry:
+    kind = draw(st.sampled_from(list(EntryKind)))
+    value = {EntryKind.SENDER: draw(_addr), EntryKind.DOMAIN: draw(_dom), EntryKind.IP: draw(_cidr)}[kind]
+    via = None if kind is EntryKind.IP else draw(st.one_of(
+        st.none(), st.none(), st.just(Via(ViaKind.PROVIDER, "amazonses")),
+        st.builds(Via, st.just(ViaKind.DOMAIN), _dom), st.builds(Via, st.just(ViaKind.CIDR), _cidr)))
+    scope = draw(st.sampled_from([Scope(), Scope(ScopeKind.DOMAIN, "corp.example"),
+                                  Scope(ScopeKind.USER, "b@corp.example"), Scope(ScopeKind.USER, "c@other.example")]))
+    expires = draw(st.sampled_from([None, None, NOW.date(), NOW.date() - timedelta(days=1)]))
+    return Entry(f"{lst}{i}", lst, kind, value, subdomains=kind is EntryKind.DOMAIN and draw(st.booleans()),
+                 via=via, scope=scope, expires=expires)
+
+
+@st.composite
+def _policy_and_facts(draw):
+    allow = tuple(draw(_entry(i, ListKind.ALLOW)) for i in range(draw(st.integers(1, 10))))
+    block = tuple(draw(_entry(i, ListKind.BLOCK)) for i in range(draw(st.integers(0, 5))))
+    policy = Policy(name="p", from_policy=draw(st.sampled_from(["strict", "aligned", "relaxed"])),
+                    allow=allow, block=block, providers={"amazonses": SES_DEF})
+    hf = draw(st.one_of(st.none(), _addr, _addr))
+    ef = draw(st.one_of(st.none(), st.just(""), _addr, st.just(hf), st.just(hf)))
+    f = facts(hf, ef, rcpt=tuple(draw(st.lists(st.sampled_from(_rcpts), min_size=1, max_size=3))),
+              dkim=tuple(draw(st.lists(st.tuples(_dom, st.sampled_from(["pass", "fail"])), max_size=2))),
+              helo=draw(st.one_of(st.none(), _dom)), client_ip=draw(_ip),
+              spf=draw(st.sampled_from([None, "pass", "pass", "fail"])),
+              dmarc=draw(st.sampled_from([None, "pass", "fail", "fail"])),
+              dmarc_policy=draw(st.sampled_from([None, "none", "reject", "reject"])),
+              from_invalid=(draw(st.integers(0, 4)) == 0) if hf else True)
+    return policy, f
+
+
+@settings(max_examples=200, deadline=None)
+@given(_policy_and_facts())
+def test_the_indices_pick_the_same_entry_as_a_plain_scan_in_file_order(case):
+    from edrules.rules.model import FromPolicy
+
+    policy, f = case
+    policy = Policy(**{**{k: getattr(policy, k) for k in ("name", "allow", "block", "providers")},
+                       "from_policy": FromPolicy(policy.from_policy)})
+    for v in RuntimeEvaluator(policy).evaluate(f, NOW):
+        block = reference_entry(policy, f, v.recipient, allow=False)
+        allow = reference_entry(policy, f, v.recipient, allow=True)
+        if block is not None:
+            assert (v.category, v.rule_id) == ("block", block)
+        elif allow is not None:
+            assert (v.category, v.rule_id) == ("allow", allow)
+        else:
+            assert v.category not in ("block", "allow"), v
