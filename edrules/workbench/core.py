@@ -166,6 +166,12 @@ class Workbench:
             self._cache[key] = table
         return table
 
+    def forget(self, pack: PackSource) -> None:
+        """Drop a pack's cached verdicts (memory, or to time a fresh evaluation)."""
+        table = self._cache.pop(policy_digest(self.pack(pack)), None)
+        if table is not None:
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+
     def evaluate(self, pack: PackSource) -> pd.DataFrame:
         """Per-recipient verdicts with the facts a reader needs next to them."""
         table = self.verdict_table(pack)

@@ -107,7 +107,7 @@ class RuleEditor:
         for dd in self.bulk.values():
             dd.observe(lambda _c: self.refresh(), names="value")
         self.widget = w.VBox([
-            w.HTML(f"<h3>Rule editor</h3><p>What-if against the deployed pack "
+            w.HTML(f"<p>What-if against the deployed pack "
                    f"<b>{html.escape(self.deployed.name)}</b> over dataset "
                    f"<b>{html.escape(str(wb.dataset or 'all'))}</b>.</p>"),
             self.from_policy,
@@ -210,12 +210,14 @@ def _color(key: str, value: int) -> str:
 def _summary_html(diff: WhatIf) -> str:
     if diff.summary.empty:
         return "<p><i>No verdict changes against the deployed pack.</i></p>"
+    td = "<td style='padding:2px 14px 2px 0'>"
     rows = "".join(
-        f"<tr><td>{html.escape(r.transition)}</td><td>{html.escape(r.label)}</td>"
-        f"<td>{'yes' if r.forged else 'no'}</td><td style='text-align:right'>{r.recipients}</td>"
-        f"<td>{html.escape(r.top_senders or '')}</td><td>{html.escape(r.top_providers or '')}</td></tr>"
+        f"<tr>{td}{html.escape(r.transition)}</td>{td}{html.escape(r.label)}</td>"
+        f"{td}{'yes' if r.forged else 'no'}</td><td style='padding:2px 14px 2px 0;text-align:right'>{r.recipients}</td>"
+        f"{td}{html.escape(r.top_senders or '')}</td>{td}{html.escape(r.top_providers or '')}</td></tr>"
         for r in diff.summary.itertuples()
     )
-    return ("<table class='edr-summary'><thead><tr><th>transition</th><th>label</th><th>forged</th>"
-            "<th>rows</th><th>top senders</th><th>top providers</th></tr></thead>"
+    th = "<th style='padding:2px 14px 2px 0;text-align:left'>"
+    return (f"<table class='edr-summary'><thead><tr>{th}transition</th>{th}label</th>{th}forged From</th>"
+            f"{th}rows</th>{th}top senders</th>{th}top providers</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")

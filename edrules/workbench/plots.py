@@ -35,17 +35,16 @@ def _keys(values) -> list[str]:
 
 def plot_volume(volume: pd.DataFrame, title: str = "Recipient rows per day") -> Figure:
     """Stacked bars per time bucket from Workbench.volume() (by verdict action or by label)."""
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 4.0))
     wide = volume.pivot_table(index="bucket", columns="key", values="recipients", aggfunc="sum", fill_value=0)
     wide = wide[_keys(wide.columns)]
     bottom = None
     for key in wide.columns:
         ax.bar(wide.index, wide[key], bottom=bottom, width=0.8, label=key, color=COLORS.get(key, None))
         bottom = wide[key] if bottom is None else bottom + wide[key]
-    ax.legend(frameon=False, ncol=len(wide.columns), loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     _style(ax, title, ylabel="recipients")
-    fig.tight_layout()
+    _legend(ax, ncol=len(wide.columns))
     return fig
 
 
@@ -154,7 +153,7 @@ def plot_policy_comparison(table: pd.DataFrame, title: str = "Newly delivered ve
             ("spam", "spam", COLORS["spam"]),
             ("phishing", "phishing", COLORS["phishing"]),
             ("stopped", "newly stopped", "#555555")]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     width = 0.8 / len(cols)
     x = range(len(table))
     for j, (col, label, color) in enumerate(cols):
@@ -164,9 +163,8 @@ def plot_policy_comparison(table: pd.DataFrame, title: str = "Newly delivered ve
             if v:
                 ax.text(xi, v, str(int(v)), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(x), table["pack"], fontsize=8)
-    ax.legend(frameon=False, fontsize=8, ncol=3)
     _style(ax, title, ylabel="recipient rows")
-    fig.tight_layout()
+    _legend(ax, ncol=5)
     return fig
 
 
