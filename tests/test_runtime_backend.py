@@ -341,6 +341,28 @@ block:
     ]
 
 
+def test_scoped_cidr_entries_apply_only_to_their_recipients_and_file_order_spans_scopes():
+    rules = """
+allow:
+  - {ip: 192.0.2.0/24, scope: "user:bob@corp.example", id: bob-net}
+  - {ip: 192.0.2.0/28, scope: "domain:partner.example", id: partner-net}
+  - {ip: 192.0.2.7, id: host}
+"""
+    rcpt = ("alice@corp.example", "bob@corp.example", "dave@partner.example")
+    vs = verdicts(rules, facts(rcpt=rcpt, client_ip="192.0.2.7"))
+    assert [v.rule_id for v in vs] == ["host", "bob-net", "partner-net"]
+    vs = verdicts(rules, facts(rcpt=rcpt, client_ip="192.0.2.100"))
+    assert [v.rule_id for v in vs] == ["default", "bob-net", "default"]
+
+
+def test_many_users_allowing_the_same_sender_each_get_their_own_entry():
+    entries = "\n".join(f"  - {{sender: news@brand.example, scope: 'user:u{i}@corp.example', id: u{i}}}"
+                         for i in range(500))
+    vs = verdicts("allow:\n" + entries, facts("news@brand.example", "news@brand.example",
+                                                rcpt=("u499@corp.example", "u7@corp.example", "x@corp.example")))
+    assert [v.rule_id for v in vs] == ["u499", "u7", "default"]
+
+
 def test_a_scoped_entry_earlier_in_the_file_beats_a_later_global_one():
     rules = """
 allow:

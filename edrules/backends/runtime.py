@@ -129,6 +129,28 @@ def _ref(e: Entry, pos: int, allow: bool) -> _Ref:
     return _Ref(allow, pos, e, e.via is not None, kind, e.scope.value, via_lo, via_hi)
 
 
+class _Bucket:
+    """The entries naming one value: global ones, and scoped ones keyed 'd:<domain>' /
+    'u:<address>' so a recipient looks up only its own scopes (10,000 users each allowing the
+    same sender cost one dict lookup per recipient, not a scan)."""
+
+    __slots__ = ("glob", "scoped")
+
+    def __init__(self) -> None:
+        self.glob: list[_Ref] = []
+        self.scoped: dict[str, list[_Ref]] = {}
+
+    def add(self, r: _Ref) -> None:
+        if r.scope_kind == _GLOBAL:
+            self.glob.append(r)
+        else:
+            self.scoped.setdefault(_scope_key(r), []).append(r)
+
+
+def _scope_key(r: _Ref) -> str:
+    return ("d:" if r.scope_kind == _SDOMAIN else "u:") + (r.scope_value or "")
+
+
 @dataclass(slots=True)
 class _Msg:
     """Derived facts of one message (docs/rules.md "Derived facts"), computed once."""
@@ -145,6 +167,7 @@ class _Msg:
     dmarc_enforced_fail: bool
     dkim_pass: tuple[str, ...]  # d= of passing signatures
     ip: int | None
+    allow_roles: int  # which identity roles plain allow entries may match (docs/rules.md table)
 
 
 # A hit: (position, ref, identity name, matched value, via evidence or None).
@@ -155,16 +178,18 @@ class RuntimeEvaluator:
     """Evaluate MessageFacts against one Policy; indices are built once in __init__.
 
     Both lists share one hash map from a value (address or domain) to the entries naming it,
-    and one CIDR interval index; a message probes its few identity values (and the parents of
-    its domains, for `subdomains`) once, collects the matching entries, and each recipient then
-    takes the first hit in file order whose scope holds. No step scans the entry lists.
+    and CIDR interval indices; a message probes its few identity values (and the parents of
+    its domains, for `subdomains`) once and collects the matching global entries; each
+    recipient adds the entries scoped to its domain or address (looked up by key), and the
+    lowest file position decides. No step scans the entry lists.
     """
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self._by_value: dict[str, list[_Ref]] = {}
+        self._by_value: dict[str, _Bucket] = {}
         self._ip_refs: list[_Ref] = []
-        ip_ranges: list[tuple[int, int, int]] = []
+        ip_global: list[tuple[int, int, int]] = []
+        ip_scoped: dict[str, list[tuple[int, int, int]]] = {}
         self._has_sub = False
         # The list an entry sits in decides allow/block (not Entry.list, which merely repeats it).
         for allow, entries in ((True, policy.allow), (False, policy.block)):
@@ -172,12 +197,20 @@ class RuntimeEvaluator:
                 r = _ref(e, pos, allow)
                 if e.kind is EntryKind.IP:
                     lo, hi = cidr_range(e.value)
-                    ip_ranges.append((lo, hi, len(self._ip_refs)))
+                    rng = (lo, hi, len(self._ip_refs))
                     self._ip_refs.append(r)
+                    if r.scope_kind == _GLOBAL:
+                        ip_global.append(rng)
+                    else:
+                        ip_scoped.setdefault(_scope_key(r), []).append(rng)
                 else:
-                    self._by_value.setdefault(e.value, []).append(r)
+                    bucket = self._by_value.get(e.value)
+                    if bucket is None:
+                        bucket = self._by_value[e.value] = _Bucket()
+                    bucket.add(r)
                     self._has_sub = self._has_sub or e.subdomains
-        self._ip = IntervalIndex(ip_ranges)
+        self._ip = IntervalIndex(ip_global)
+        self._ip_scoped = {k: IntervalIndex(v) for k, v in ip_scoped.items()}
         self._relays = IntervalIndex(
             (lo, hi, i) for i, (lo, hi) in enumerate(cidr_range(c) for c in policy.inbound_relays)
         )
@@ -209,27 +242,31 @@ class RuntimeEvaluator:
         pre = self._message_level_before_lists(m)
         if pre is not None:
             return [Verdict(r, *pre) for r in facts.recipients]
-        block_hits, allow_hits = self._collect(m, _utc_date(now))
+        today = _utc_date(now)
+        block_hits, allow_hits, scoped = self._collect(m, today)
+        scoped_ips = bool(self._ip_scoped) and m.ip is not None
         post: tuple | None = None  # steps 4-7 do not depend on the recipient: computed once
         out: list[Verdict] = []
         for rcpt in facts.recipients:
-            hit = None
-            rdomain = None
-            if block_hits or allow_hits:
-                rdomain = rcpt.rpartition("@")[2] if "@" in rcpt else None
-            if block_hits:
-                hit = _first_in_scope(block_hits, rcpt, rdomain)
-            if hit is not None:
-                out.append(Verdict(rcpt, *self._entry_verdict(hit, "block")))
-                continue
-            if allow_hits:
-                hit = _first_in_scope(allow_hits, rcpt, rdomain)
-            if hit is not None:
-                out.append(Verdict(rcpt, *self._entry_verdict(hit, "allow")))
-                continue
-            if post is None:
-                post = self._message_level_after_lists(m)
-            out.append(Verdict(rcpt, *post))
+            block = block_hits[0] if block_hits else None
+            allow = allow_hits[0] if allow_hits else None
+            if scoped or scoped_ips:
+                # Entries scoped to this recipient's domain or address: looked up, then the
+                # lowest file position across global and scoped hits decides.
+                keys = ("d:" + rcpt.rpartition("@")[2] if "@" in rcpt else None, "u:" + rcpt)
+                sb, sa = self._scoped_hits(m, scoped, keys, today)
+                if sb and (block is None or sb[0][0] < block[0]):
+                    block = sb[0]
+                if sa and (allow is None or sa[0][0] < allow[0]):
+                    allow = sa[0]
+            if block is not None:
+                out.append(Verdict(rcpt, *self._entry_verdict(block, "block")))
+            elif allow is not None:
+                out.append(Verdict(rcpt, *self._entry_verdict(allow, "allow")))
+            else:
+                if post is None:
+                    post = self._message_level_after_lists(m)
+                out.append(Verdict(rcpt, *post))
         return out
 
     # -- derived facts -----------------------------------------------------------------
@@ -262,8 +299,14 @@ class RuntimeEvaluator:
             forgery = not aligned_auth
         else:
             forgery = False
+        if mode is _STRICT:
+            allow_roles = _ENV if env_ok else 0
+        elif mode is _ALIGNED:
+            allow_roles = (_ENV if spf_pass and env_ok else 0) | (_HDR if header_ok and aligned_auth else 0)
+        else:
+            allow_roles = (_ENV if env_ok else 0) | (_HDR if header_ok else 0)
         return _Msg(f, env_org, env_domain, header_ok, env_ok, spf_pass, spf_aligned, aligned_auth,
-                    forgery, enforced_fail, dkim_pass, ip_to_int(f.client_ip))
+                    forgery, enforced_fail, dkim_pass, ip_to_int(f.client_ip), allow_roles)
 
     def _provider_authenticated(self, m: _Msg, name: str) -> str | None:
         """Evidence text when provider `name` is authenticated for this message, else None."""
@@ -357,95 +400,127 @@ class RuntimeEvaluator:
 
     # -- steps 2 and 3: list entries ---------------------------------------------------
 
-    def _collect(self, m: _Msg, today: date) -> tuple[list[_Hit], list[_Hit]]:
-        """Every live entry that matches this message, per list, in file order (scope not yet
-        applied: that is per recipient)."""
+    def _collect(self, m: _Msg, today: date) -> tuple[list[_Hit], list[_Hit], list[tuple]]:
+        """Global entries matching this message, per list in file order, and the probes whose
+        buckets also hold scoped entries (resolved per recipient by _scoped_hits)."""
         f = m.f
-        mode = self._mode
-        # Which roles plain allow entries may match (docs/rules.md table); blocks take both.
-        if mode is _STRICT:
-            allow_roles = _ENV if m.env_ok else 0
-        elif mode is _ALIGNED:
-            allow_roles = (_ENV if m.spf_pass and m.env_ok else 0) | (
-                _HDR if m.header_ok and m.aligned_auth else 0)
-        else:
-            allow_roles = (_ENV if m.env_ok else 0) | (_HDR if m.header_ok else 0)
         block: list[_Hit] = []
         allow: list[_Hit] = []
+        scoped: list[tuple] = []
         get = self._by_value.get
         # Probe each identity value once (one value may carry both roles); most probes miss,
-        # so only hits are materialised: (value, roles, is_parent, is_sender, refs).
-        found: list[tuple[str, int, bool, bool, list[_Ref]]] = []
+        # so only hits are materialised: (value, roles, is_parent, is_sender, bucket).
+        found: list[tuple[str, int, bool, bool, _Bucket]] = []
         ef, hf = f.envelope_from, f.header_from
         if ef and ef == hf:
-            refs = get(ef)
-            if refs:
-                found.append((ef, _ENV | _HDR, False, True, refs))
+            b = get(ef)
+            if b is not None:
+                found.append((ef, _ENV | _HDR, False, True, b))
         else:
             if ef:
-                refs = get(ef)
-                if refs:
-                    found.append((ef, _ENV, False, True, refs))
+                b = get(ef)
+                if b is not None:
+                    found.append((ef, _ENV, False, True, b))
             if hf:
-                refs = get(hf)
-                if refs:
-                    found.append((hf, _HDR, False, True, refs))
+                b = get(hf)
+                if b is not None:
+                    found.append((hf, _HDR, False, True, b))
         efd, hfd = f.envelope_from_domain, f.header_from_domain
         has_sub = self._has_sub
         for d, roles in (((efd, _ENV | _HDR),) if efd and efd == hfd
                          else ((efd, _ENV), (hfd, _HDR))):
             if not d:
                 continue
-            refs = get(d)
-            if refs:
-                found.append((d, roles, False, False, refs))
+            b = get(d)
+            if b is not None:
+                found.append((d, roles, False, False, b))
             if has_sub:  # walk up the parents for `subdomains: true` entries
                 i = d.find(".")
                 while i >= 0:
                     parent = d[i + 1:]
                     if parent:
-                        refs = get(parent)
-                        if refs:
-                            found.append((parent, roles, True, False, refs))
+                        b = get(parent)
+                        if b is not None:
+                            found.append((parent, roles, True, False, b))
                     i = d.find(".", i + 1)
-        for value, roles, is_parent, is_sender, refs in found:
-            for r in refs:
-                e = r.entry
-                if is_parent and not e.subdomains:
-                    continue
-                if e.expires is not None and e.expires < today:
-                    continue
-                evidence = None
-                if r.pair:
-                    if not (roles & _HDR) or not m.header_ok:
-                        continue
-                    evidence = self._via_authenticated(r, m)
-                    if evidence is None:
-                        continue
-                    role = _HDR
-                elif r.allow:
-                    ok = roles & allow_roles
-                    if not ok:
-                        continue
-                    role = _ENV if ok & _ENV else _HDR
-                else:
-                    role = _ENV if roles & _ENV else _HDR
-                name = ("envelope sender" if role == _ENV else "header From") + (
-                    "" if is_sender else " domain")
-                shown = value if not is_parent else (efd if role == _ENV else hfd)
-                (allow if r.allow else block).append((r.pos, r, name, shown, evidence))
+        for probe in found:
+            bucket = probe[4]
+            for r in bucket.glob:
+                hit = self._accept(r, m, probe, today)
+                if hit is not None:
+                    (allow if r.allow else block).append(hit)
+            if bucket.scoped:
+                scoped.append(probe)
         if m.ip is not None and self._ip_refs:
             for i in self._ip.lookup(m.ip):
-                r = self._ip_refs[i]
-                e = r.entry
-                if e.expires is not None and e.expires < today:
-                    continue
-                (allow if r.allow else block).append((r.pos, r, "client IP", f.client_ip, None))
+                hit = self._accept_ip(self._ip_refs[i], m, today)
+                if hit is not None:
+                    (allow if hit[1].allow else block).append(hit)
+        if len(block) > 1:
+            block.sort(key=_pos)
+        if len(allow) > 1:
+            allow.sort(key=_pos)
+        return block, allow, scoped
+
+    def _scoped_hits(self, m: _Msg, scoped: list[tuple], keys: tuple[str | None, str],
+                     today: date) -> tuple[list[_Hit], list[_Hit]]:
+        """Hits among entries scoped to one recipient (its domain key, its address key)."""
+        block: list[_Hit] = []
+        allow: list[_Hit] = []
+        for key in keys:
+            if key is None:
+                continue
+            for probe in scoped:
+                for r in probe[4].scoped.get(key, ()):
+                    hit = self._accept(r, m, probe, today)
+                    if hit is not None:
+                        (allow if r.allow else block).append(hit)
+            idx = self._ip_scoped.get(key)
+            if idx is not None and m.ip is not None:
+                for i in idx.lookup(m.ip):
+                    hit = self._accept_ip(self._ip_refs[i], m, today)
+                    if hit is not None:
+                        (allow if hit[1].allow else block).append(hit)
         if len(block) > 1:
             block.sort(key=_pos)
         if len(allow) > 1:
             allow.sort(key=_pos)
         return block, allow
+
+    def _accept(self, r: _Ref, m: _Msg, probe: tuple, today: date) -> _Hit | None:
+        """The hit when entry r matches the probed identity under docs/rules.md, else None."""
+        value, roles, is_parent, is_sender, _ = probe
+        e = r.entry
+        if is_parent and not e.subdomains:
+            return None
+        if e.expires is not None and e.expires < today:
+            return None
+        evidence = None
+        if r.pair:  # header From side only, trusted only when header_ok, infrastructure proven
+            if not (roles & _HDR) or not m.header_ok:
+                return None
+            evidence = self._via_authenticated(r, m)
+            if evidence is None:
+                return None
+            role = _HDR
+        elif r.allow:
+            ok = roles & m.allow_roles
+            if not ok:
+                return None
+            role = _ENV if ok & _ENV else _HDR
+        else:  # blocks match unauthenticated identities
+            role = _ENV if roles & _ENV else _HDR
+        name = ("envelope sender" if role == _ENV else "header From") + ("" if is_sender else " domain")
+        f = m.f
+        shown = value if not is_parent else (f.envelope_from_domain if role == _ENV else f.header_from_domain)
+        return (r.pos, r, name, shown, evidence)
+
+    @staticmethod
+    def _accept_ip(r: _Ref, m: _Msg, today: date) -> _Hit | None:
+        e = r.entry
+        if e.expires is not None and e.expires < today:
+            return None
+        return (r.pos, r, "client IP", m.f.client_ip, None)
 
     def _via_authenticated(self, r: _Ref, m: _Msg) -> str | None:
         """Evidence that a pair's infrastructure side is authenticated, else None."""
@@ -485,15 +560,3 @@ class RuntimeEvaluator:
 
 def _pos(hit: _Hit) -> int:
     return hit[0]
-
-
-def _first_in_scope(hits: list[_Hit], rcpt: str, rdomain: str | None) -> _Hit | None:
-    """First hit (file order) whose scope holds for this recipient."""
-    for hit in hits:
-        r = hit[1]
-        k = r.scope_kind
-        if k == _GLOBAL or (k == _SDOMAIN and r.scope_value == rdomain) or (
-            k == _SUSER and r.scope_value == rcpt
-        ):
-            return hit
-    return None
