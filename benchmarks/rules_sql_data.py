@@ -4,7 +4,7 @@ policy that hits it, for the SQL-backend benchmark. Deterministic: same rows for
 The traffic is made inside DuckDB from `range()` and `hash()` so 100M recipient rows take minutes,
 not hours. Shape of a tenant's year (10k users in three domains, ~3.1 recipients per message
 because of distribution lists):
-  65% direct mail from a sender organisation (SPF, DKIM and DMARC pass, aligned);
+  65% direct mail from a sender organisation (SPF, DKIM and DMARC pass, aligned), each organisation from up to 8 client IPs;
   20% brands sending through a bulk provider (envelope and DKIM at the provider, half also brand-signed);
   10% spoofs (header From of a real sender, envelope elsewhere, DMARC fail, a third under p=reject);
    5% bounces with the null sender (HELO stands in).
@@ -86,8 +86,8 @@ WITH base AS (
       WHEN 'spoof' THEN 'x' || (h5 % 1000) || '@r' || (h3 % 50000) || '.net'
       ELSE '' END AS envelope_from,
     CASE WHEN h5 % 10 = 0
-         THEN '2001:db8:' || printf('%x', sd // 65536) || ':' || printf('%x', sd % 65536) || '::' || printf('%x', h4 % 65535 + 1)
-         ELSE (11 + sd % 200) || '.' || ((sd // 200) % 256) || '.' || ((sd // 51200) % 256) || '.' || (h4 % 254 + 1)
+         THEN '2001:db8:' || printf('%x', sd // 65536) || ':' || printf('%x', sd % 65536) || '::' || printf('%x', h4 % 8 + 1)
+         ELSE (11 + sd % 200) || '.' || ((sd // 200) % 256) || '.' || ((sd // 51200) % 256) || '.' || (h4 % 8 + 1)
     END AS client_ip
   FROM shaped
 )
@@ -95,7 +95,7 @@ SELECT
   lower(printf('%016x', ((i::HUGEINT * 11400714819323198485) % 18446744073709551616)::UBIGINT)) AS msg_key,
   $dataset AS dataset,
   NULL::VARCHAR AS source,
-  TIMESTAMP '{YEAR_START}' + to_microseconds((i * 31536000000000 // $total)::BIGINT) AS received_at,
+  TIMESTAMP '{YEAR_START}' + to_microseconds((i::HUGEINT * 31536000000000 // $total)::BIGINT) AS received_at,
   NULL::VARCHAR AS message_id,
   NULL::VARCHAR AS subject,
   header_from,

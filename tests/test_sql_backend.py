@@ -12,8 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import sqlglot
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edrules.backends.sql import (
+    _V4_RE,
     TABLE_ROLES,
     evaluate_sql,
     insert_facts,
@@ -385,3 +388,31 @@ def test_evaluate_command_prints_counts_for_both_backends_and_writes_parquet(tmp
         outputs[backend] = sorted(pq.read_table(out).select(["msg_key", "recipient", "category", "rule_id"])
                                   .to_pylist(), key=str)
     assert outputs["sql"] == outputs["runtime"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(
+    st.builds(lambda xs: ".".join(str(x) for x in xs), st.lists(st.integers(0, 300), min_size=3, max_size=5)),
+    st.text(alphabet="0123456789.", max_size=16),
+    st.builds(lambda a, b: f"{a}.{b}", st.sampled_from(["01.2.3", "1.2.3", "00.0.0", "255.255.255"]),
+              st.sampled_from(["4", "04", "256", "255", "", "4 "])),
+))
+def test_ipv4_texts_parse_in_sql_exactly_as_ipaddress_parses_them(text):
+    import ipaddress
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE messages (client_ip VARCHAR)")
+    con.execute("INSERT INTO messages VALUES (?)", [text])
+    sql = (f"SELECT count(*) FROM messages WHERE regexp_full_match(client_ip, '{_V4_RE}')")
+    accepted = con.execute(sql).fetchall()[0][0] == 1
+    try:
+        expected = ipaddress.ip_address(text).version == 4
+    except ValueError:
+        expected = False
+    assert accepted == expected
+    if accepted:
+        pol = policy(block=(entry("hit", "block", "ip", f"{text}/32"),))
+        c2 = duckdb.connect()
+        ensure_schema(c2)
+        insert_facts(c2, [msg(client_ip=text)])
+        assert evaluate_sql(c2, pol, now=NOW).column("rule_id").to_pylist() == ["hit"]

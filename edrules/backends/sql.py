@@ -114,6 +114,17 @@ _REASONS: dict[str, str] = {
 }
 
 
+# Exactly the dotted quads `ipaddress.ip_address` accepts (no leading zeros, each part <= 255).
+_V4_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4_RE = rf"{_V4_OCTET}(\.{_V4_OCTET}){{3}}"
+
+# aligned_auth is only read under `aligned` (forgery and header-From gates); the DKIM list scan
+# it needs is the most expensive expression per message, so other modes skip it.
+_ALIGNED_AUTH = """coalesce(t.dmarc = 'pass', FALSE)
+           OR coalesce(spf_pass AND env_org = t.header_from_org, FALSE)
+           OR coalesce(len(list_filter(t.dkim, lambda k: k.result = 'pass' AND k.org = t.header_from_org)) > 0, FALSE)"""
+
+
 def _today(now: datetime | date | None) -> date:
     if now is None:
         return datetime.now(timezone.utc).date()
@@ -167,7 +178,9 @@ def _entries(policy: Policy) -> Iterator[tuple[int, Entry]]:
 
 
 def ip_table(addresses: Iterable[str | None]) -> pa.Table:
-    """Integer form of each distinct client IP text, for CIDR joins (unparseable ones left out)."""
+    """Integer form of each distinct IPv6 client IP text, for CIDR joins (unparseable ones left
+    out). IPv4 texts are parsed inside the query (_V4_RE); IPv6 goes through `ipaddress`, the
+    parser the runtime uses, so '::' forms, embedded dotted quads and zone ids mean the same."""
     rows = [(a, *p) for a in dict.fromkeys(addresses) if (p := _ip_parts(a)) is not None]
     return pa.table(
         {
@@ -348,7 +361,14 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
         ip_ctes = f"""
 ip_keys AS MATERIALIZED (  -- each distinct client IP masked to every prefix length in use
   SELECT i.client_ip, i.family, k.plen, i.hi & k.hi_mask AS m_hi, i.lo & k.lo_mask AS m_lo
-  FROM {n['ips']} i JOIN {n['masks']} k ON k.family = i.family
+  FROM (
+    SELECT client_ip, 4::TINYINT AS family, 0::UBIGINT AS hi,
+      (split_part(client_ip, '.', 1)::UBIGINT << 24) + (split_part(client_ip, '.', 2)::UBIGINT << 16)
+      + (split_part(client_ip, '.', 3)::UBIGINT << 8) + split_part(client_ip, '.', 4)::UBIGINT AS lo
+    FROM (SELECT DISTINCT client_ip FROM d WHERE regexp_full_match(client_ip, '{_V4_RE}'))
+    UNION ALL
+    SELECT client_ip, family, hi, lo FROM {n['ips']}
+  ) i JOIN {n['masks']} k ON k.family = i.family
 ),
 ip_hits AS (  -- then one equi-join on (family, prefix, network): no range join, no nested loop
   SELECT i.client_ip, c.role, c.eid
@@ -389,10 +409,7 @@ d AS (  -- derived facts per message (docs/rules.md "Derived facts")
          coalesce(t.dmarc = 'fail' AND t.dmarc_policy IN ('quarantine', 'reject'), FALSE) AS dmarc_enforced_fail,
          NOT coalesce(t.from_invalid, FALSE) AND NOT dmarc_enforced_fail AS header_ok,
          NOT (dmarc_enforced_fail AND coalesce(env_org = t.header_from_org, FALSE)) AS env_ok,
-         coalesce(t.dmarc = 'pass', FALSE)
-           OR coalesce(spf_pass AND env_org = t.header_from_org, FALSE)
-           OR coalesce(len(list_filter(t.dkim, lambda k: k.result = 'pass' AND k.org = t.header_from_org)) > 0, FALSE)
-           AS aligned_auth
+         {_ALIGNED_AUTH if mode is FromPolicy.ALIGNED else "NULL::BOOLEAN"} AS aligned_auth
   FROM {messages} t {ds_filter}
 ),
 dom_values AS (
@@ -508,10 +525,11 @@ def registered(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datetime 
     tag = uuid.uuid4().hex[:10]
     tables = policy_tables(policy, now=now, dataset=dataset)
     if _needs_ips(policy):
-        where = " WHERE dataset = $ds" if dataset is not None else ""
+        where = " AND dataset = $ds" if dataset is not None else ""
         params = {"ds": dataset} if dataset is not None else {}
-        # Once per distinct client IP, not per message: the set is small next to the traffic.
-        raw = con.execute(f"SELECT DISTINCT client_ip FROM {messages}{where}", params).fetchall()
+        # Once per distinct IPv6 client IP, not per message: the set is small next to the traffic.
+        raw = con.execute(f"SELECT DISTINCT client_ip FROM {messages} WHERE contains(client_ip, ':'){where}",
+                          params).fetchall()
         tables["ips"] = ip_table(r[0] for r in raw)
     else:
         tables["ips"] = ip_table(())
