@@ -263,7 +263,10 @@ def load_pack(
     except OSError as exc:
         raise EdrulesError(f"cannot read pack: {exc.strerror}", where) from None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        # Parsers disagree on which duplicate wins; a pack must mean one thing to every reader.
+        raise EdrulesError(f"pack repeats the key {exc.args[0]!r}", where) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise EdrulesError(f"pack is not valid JSON: {exc}", where) from None
     if not isinstance(doc, dict) or doc.get("format") != PACK_FORMAT:
@@ -290,6 +293,19 @@ def load_pack(
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise EdrulesError(f"malformed pack header: {exc}", where) from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def _verify(doc: dict[str, Any], pubkey_path: str | Path | None, allow_unsigned: bool,

@@ -187,6 +187,17 @@ def test_a_newer_format_version_is_refused_with_an_upgrade_message(tmp_path, key
         load_pack(path, pubkey_path=keys[1])
 
 
+def test_a_pack_with_a_repeated_key_is_refused_even_if_the_signature_holds(tmp_path, keys):
+    path = _signed(tmp_path, keys)
+    raw = path.read_bytes()
+    # Smuggle a second "policy" in front: Python's json keeps the last (signed) one, other
+    # readers may keep the first; either way the pack must not load.
+    evil = raw.replace(b'{"catalog_version"', b'{"policy":{"name":"evil"},"catalog_version"', 1)
+    path.write_bytes(evil)
+    with pytest.raises(EdrulesError, match="pack repeats the key 'policy'"):
+        load_pack(path, pubkey_path=keys[1])
+
+
 @pytest.mark.parametrize("content,message", [
     (b"{not json", "not valid JSON"),
     (b'{"format": "something-else"}', "not an edrules rule pack"),
