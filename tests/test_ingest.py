@@ -416,3 +416,18 @@ def test_cli_rejects_a_bad_trusted_relay_with_a_clear_error(tmp_path):
                                    str(tmp_path / "a.eml")])
     assert res.exit_code != 0
     assert isinstance(res.exception, EdrulesError) and "not an IP network" in str(res.exception)
+
+
+def test_every_table_column_and_cli_option_is_documented():
+    from edrules.schema import ALL_DDL
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    import re
+
+    for ddl in ALL_DDL:
+        for col in re.findall(r"^\s{4}(\w+)\s", ddl, re.M):
+            assert f"`{col}`" in doc, col
+    for param in ingest_command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert f"`{opt}" in doc, opt

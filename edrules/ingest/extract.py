@@ -207,24 +207,27 @@ def extract(
     # --- trusted Authentication-Results / Received-SPF (top-most per method wins)
     chosen: dict[str, tuple[AuthResults, list[MethodResult]]] = {}
     spf_header: ReceivedSpf | None = None
-    for pos, (name, value) in enumerate(fields[:limit]):
-        lname = name.lower()
-        if lname == "authentication-results":
-            if not trust.trusts_id(_top_id(value)):
-                continue
-            ar = parse_authentication_results(value, pos)
-            if ar is None:
-                warnings.append(f"unparsable-authentication-results:{pos}")
-                continue
-            by_method: dict[str, list[MethodResult]] = {}
-            for r in ar.results:
-                by_method.setdefault(r.method, []).append(r)
-            for method, rs in by_method.items():
-                chosen.setdefault(method, (ar, rs))
-        elif lname == "received-spf" and spf_header is None:
-            parsed = parse_received_spf(value, pos)
-            if parsed and trust.trusts_receiver(parsed.receiver):
-                spf_header = parsed
+    for pos, value in block.get_all("authentication-results"):
+        if pos >= limit:
+            break
+        if not trust.trusts_id(_top_id(value)):
+            continue
+        ar = parse_authentication_results(value, pos)
+        if ar is None:
+            warnings.append(f"unparsable-authentication-results:{pos}")
+            continue
+        by_method: dict[str, list[MethodResult]] = {}
+        for r in ar.results:
+            by_method.setdefault(r.method, []).append(r)
+        for method, rs in by_method.items():
+            chosen.setdefault(method, (ar, rs))
+    for pos, value in block.get_all("received-spf"):
+        if pos >= limit:
+            break
+        parsed = parse_received_spf(value, pos)
+        if parsed and trust.trusts_receiver(parsed.receiver):
+            spf_header = parsed
+            break
 
     spf = spf_domain = dmarc = policy = authserv = None
     ar_mailfrom: str | None = None
@@ -326,7 +329,7 @@ def extract(
     cat = normalize_category(category, Location(source or None, field="category"))
     sc = score
     if cat is None:
-        cat, header_score = _scanner_verdict(fields[:limit] if edge is not None else ())
+        cat, header_score = _scanner_verdict(block, limit) if edge is not None else (None, None)
         sc = sc if sc is not None else header_score
     if cat is None:
         cat = normalize_category(label, Location(field="label"))
@@ -403,13 +406,21 @@ def _recipients(block: HeaderBlock, explicit: Sequence[str] | None) -> tuple[Rec
     return tuple(got) if got else (Recipient("", None, "none"),)
 
 
-def _scanner_verdict(fields) -> tuple[str | None, float | None]:
-    """Positive verdicts of scanners on our side (SpamAssassin, rspamd). A 'not spam' stamp
-    sets nothing, so a dataset label still applies."""
+_SCANNER_FIELDS = ("x-spam-flag", "x-spam-status", "x-spam-score", "x-rspamd-action", "x-rspamd-score")
+
+
+def _scanner_verdict(block: HeaderBlock, limit: int) -> tuple[str | None, float | None]:
+    """Positive verdicts of scanners on our side (SpamAssassin, rspamd), above `limit`.
+    A 'not spam' stamp sets nothing, so a dataset label still applies."""
     cat = None
     score = None
-    for name, value in fields:
-        lname = name.lower()
+    found = sorted(
+        (pos, lname, value)
+        for lname in _SCANNER_FIELDS
+        for pos, value in block.get_all(lname)
+        if pos < limit
+    )
+    for _, lname, value in found:
         v = value.strip().lower()
         if lname == "x-spam-flag" and v.startswith("yes"):
             cat = cat or "spam"

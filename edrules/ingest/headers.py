@@ -94,7 +94,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         if len(pairs) > MAX_FIELDS:
             pairs = pairs[:MAX_FIELDS]
             warnings.append("too-many-fields")
-        return _finish(pairs, end, has_body, warnings)
+        return _finish(pairs, end, has_body, warnings, len(text) > MAX_FIELD_CHARS)
     chunks = _LOGICAL.split(text)
     names: list[str] = []
     values: list[str] = []
@@ -124,20 +124,24 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         has_body = True
         break
     pairs = [(name, value.replace("\r", "").replace("\n", "").strip()) for name, value in zip(names, values)]
-    return _finish(pairs, end, has_body, warnings)
+    return _finish(pairs, end, has_body, warnings, True)
 
 
-def _finish(pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str]) -> HeaderBlock:
+def _finish(
+    pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str], maybe_long: bool
+) -> HeaderBlock:
+    if maybe_long:  # only a block longer than the cap can hold an over-long field
+        for pos, (name, value) in enumerate(pairs):
+            if len(value) > MAX_FIELD_CHARS:
+                pairs[pos] = (name, value[:MAX_FIELD_CHARS])
+                warnings.append("long-field")
     index: dict[str, list[int]] = {}
-    for pos, (name, value) in enumerate(pairs):
-        if len(value) > MAX_FIELD_CHARS:
-            pairs[pos] = (name, value[:MAX_FIELD_CHARS])
-            warnings.append("long-field")
-        lname = name.lower()
-        if lname in index:
-            index[lname].append(pos)
-        else:
+    for pos, lname in enumerate([name.lower() for name, _ in pairs]):
+        got = index.get(lname)
+        if got is None:
             index[lname] = [pos]
+        else:
+            got.append(pos)
     return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index)
 
 

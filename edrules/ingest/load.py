@@ -223,22 +223,20 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
                 "headers": pa.concat_tables([b.headers for b in batches]),
             }
             if not every:
-                con.register("_edr_new", pa.table({"msg_key": new_keys}))
+                # The same message twice in one run or already loaded: keep only new rows.
+                # Arrow's filter keeps row order (a SQL semi-join would not, under threads).
+                new_set = pa.array(new_keys)
+                for name in ("recipients", "received_hops", "headers"):
+                    t = tables[name]
+                    if t.num_rows:
+                        tables[name] = t.filter(pc.is_in(t.column("msg_key"), value_set=new_set))
             for table, data in tables.items():
-                if not data.num_rows:
-                    continue
-                con.register("_edr_in", data)
-                if every or table == "messages":
+                if data.num_rows:
+                    con.register("_edr_in", data)
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
-                else:
-                    # the same message twice in one run: only the first copy's rows are new
-                    con.execute(f"""INSERT INTO {table} BY NAME SELECT * FROM _edr_in
-                                    WHERE msg_key IN (SELECT msg_key FROM _edr_new)""")
-                con.unregister("_edr_in")
-            if not every:
-                con.unregister("_edr_new")
+                    con.unregister("_edr_in")
             counts.messages = tables["messages"].num_rows
-            counts.recipients = _count_new(tables["recipients"], new_keys, every)
+            counts.recipients = tables["recipients"].num_rows
         if errs.num_rows:
             con.register("_edr_err", errs)
             con.execute(
@@ -255,12 +253,6 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
         raise
     counts.errors = errs.num_rows
     return counts
-
-
-def _count_new(table: pa.Table, new_keys: list[str], every: bool) -> int:
-    if every or not table.num_rows:
-        return table.num_rows
-    return int(pc.sum(pc.is_in(table.column("msg_key"), value_set=pa.array(new_keys))).as_py() or 0)
 
 
 def read_facts(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> list[MessageFacts]:

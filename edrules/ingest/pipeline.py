@@ -68,7 +68,7 @@ def _process(args: tuple[list[str], str, str | None, TrustConfig]) -> ArrowBatch
     paths, dataset, label, trust = args
     batch = Batch(files=len(paths))
     for path in paths:
-        for u in units_of_file(Path(path)):
+        for u in units_of_file(Path(path), keep_data=True):
             if isinstance(u, ReadFailure):
                 batch.error(dataset, u.source, u.position, u.error, u.detail)
                 continue

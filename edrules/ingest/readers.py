@@ -42,6 +42,7 @@ class Unit:
     recipients: tuple[str, ...] = ()
     client_ip: str | None = None
     helo: str | None = None
+    data: bytes | None = None  # the file's bytes, when already read while sniffing
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +202,16 @@ def is_csv(path: Path, head: bytes) -> bool:
     return path.suffix.lower() == ".csv"
 
 
-def units_of_file(path: Path) -> Iterator[Unit | ReadFailure]:
-    """Split one file into units. Unreadable files become failures, never exceptions."""
+# Files up to this size are read whole while sniffing (one open() instead of two).
+READ_WHOLE = 1 << 20
+
+
+def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFailure]:
+    """Split one file into units. Unreadable files become failures, never exceptions.
+    keep_data: a small single-message file's bytes ride along in the unit."""
     src = str(path)
     try:
-        head = _head(path)
+        head = _head(path, READ_WHOLE if keep_data else 4096)
     except OSError as exc:
         yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
         return
@@ -236,10 +242,13 @@ def units_of_file(path: Path) -> Iterator[Unit | ReadFailure]:
         for n, (start, end, sender) in enumerate(parts, 1):
             yield Unit("mbox", f"{src}#{n}" if len(parts) > 1 else src, src, start, end, sender)
         return
-    yield Unit("file", src, src)
+    whole = keep_data and len(head) < READ_WHOLE
+    yield Unit("file", src, src, data=head if whole else None)
 
 
 def read_unit_bytes(unit: Unit) -> bytes:
+    if unit.data is not None:
+        return unit.data
     with open(unit.path, "rb") as fh:
         if unit.kind == "smtp":
             fh.seek(unit.start)
