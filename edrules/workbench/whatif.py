@@ -20,22 +20,33 @@ ROW_COLUMNS = (
     "envelope_from", "network", "received_at", "subject",
 )
 
-_ROWS_SQL = """
-CREATE OR REPLACE TEMP TABLE wb_changed AS
+# Two steps: the bare verdict join finds the changed rows; only those then meet the facts
+# view (computing alignment for every message first cost 3x the join on 1M rows).
+_CHANGED_SQL = """
+CREATE OR REPLACE TEMP TABLE wb_changed_keys AS
 SELECT b.dataset, b.msg_key, b.recipient,
-       b.action || '→' || a.action AS transition,
        b.action AS action_before, a.action AS action_after,
        b.category AS decision_before, a.category AS decision_after,
-       b.rule_id AS rule_before, a.rule_id AS rule_after, a.reason AS reason_after,
+       b.rule_id AS rule_before, a.rule_id AS rule_after, a.reason AS reason_after
+FROM {before} b
+JOIN {after} a ON a.dataset = b.dataset AND a.msg_key = b.msg_key AND a.recipient = b.recipient
+WHERE b.action <> a.action {rule_clause}
+"""
+
+_ROWS_SQL = """
+CREATE OR REPLACE TEMP TABLE wb_changed AS
+SELECT c.dataset, c.msg_key, c.recipient,
+       c.action_before || '→' || c.action_after AS transition,
+       c.action_before, c.action_after, c.decision_before, c.decision_after,
+       c.rule_before, c.rule_after, c.reason_after,
        f.label, coalesce(f.forged, FALSE) AS forged, coalesce(f.aligned_auth, FALSE) AS aligned_auth,
        f.bulk_provider, f.header_from, f.header_from_domain, f.envelope_from, f.network,
        f.received_at, f.subject,
-       (a.action IN ('deliver', 'tag') AND b.action NOT IN ('deliver', 'tag')) AS newly_delivered,
-       (b.action IN ('deliver', 'tag') AND a.action NOT IN ('deliver', 'tag')) AS newly_stopped
-FROM {before} b
-JOIN {after} a ON a.dataset = b.dataset AND a.msg_key = b.msg_key AND a.recipient = b.recipient
-LEFT JOIN {facts} f ON f.dataset = b.dataset AND f.msg_key = b.msg_key
-WHERE b.action <> a.action {rule_clause}
+       (c.action_after IN ('deliver', 'tag') AND c.action_before NOT IN ('deliver', 'tag')) AS newly_delivered,
+       (c.action_before IN ('deliver', 'tag') AND c.action_after NOT IN ('deliver', 'tag')) AS newly_stopped
+FROM wb_changed_keys c
+LEFT JOIN (SELECT * FROM {facts} WHERE msg_key IN (SELECT msg_key FROM wb_changed_keys)) f
+       ON f.dataset = c.dataset AND f.msg_key = c.msg_key
 """
 
 # Most alarming first: newly delivered forged or phishing/malware mail, then the rest.
@@ -143,7 +154,8 @@ def compute_whatif(con: duckdb.DuckDBPyConnection, before: str, after: str, *,
     """Diff two verdict temp tables (evaluate.VERDICT_COLUMNS) in DuckDB; only changes leave it."""
     facts = install_facts_view(con)
     rule_clause = "OR b.rule_id IS DISTINCT FROM a.rule_id" if include_rule_changes else ""
-    con.execute(_ROWS_SQL.format(facts=facts, before=before, after=after, rule_clause=rule_clause))
+    con.execute(_CHANGED_SQL.format(before=before, after=after, rule_clause=rule_clause))
+    con.execute(_ROWS_SQL.format(facts=facts))
     rows = con.sql("SELECT * FROM wb_changed " + _ORDER).df()
     summary = con.sql(_SUMMARY_SQL).df()
     total = con.execute(f"SELECT count(*) FROM {before}").fetchall()[0][0]
