@@ -360,3 +360,14 @@ def test_rule_editor_compiles_a_signed_pack_carrying_its_whatif(wb, tmp_path):
     assert loaded.policy.bulk_mailers == {"amazonses": "allow"}
     assert loaded.metadata["whatif"]["counts"] == ed.last.counts()
     assert "verified" in ed.result.value
+
+
+def test_pack_accepts_a_rules_dict_a_compiled_policy_dict_and_yaml_text_alike(wb):
+    import yaml
+
+    from edrules.pack import policy_to_dict
+
+    policy = wb.pack(CURRENT)
+    assert policy_digest(wb.pack(policy_to_dict(policy))) == policy_digest(policy)
+    assert policy_digest(wb.pack(yaml.safe_load(CURRENT))) == policy_digest(policy)
+    assert wb.pack(CURRENT, name="renamed").name == "renamed"

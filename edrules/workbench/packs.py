@@ -58,20 +58,15 @@ def _from_path(path: Path, *, pubkey_path: str | Path | None, allow_unsigned: bo
 
 
 def _from_dict(data: dict) -> Policy:
-    # A compiled policy dict (policy_to_dict output) carries the frozen provider catalog;
-    # a rules dict is what a YAML file holds, so it goes through the validating parser.
-    if "providers" in data and isinstance(data.get("allow", []), list) and _is_compiled(data):
+    # A compiled policy dict (policy_to_dict, a pack's "policy") carries the frozen provider
+    # catalog, which a rules file never has; a rules dict goes through the validating parser.
+    if "providers" in data:
         from edrules.pack import policy_from_dict
 
         return policy_from_dict(data)
     from edrules.rules.parse import parse_rules
 
     return parse_rules(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), source="<dict>")
-
-
-def _is_compiled(data: dict) -> bool:
-    entries = list(data.get("allow") or []) + list(data.get("block") or [])
-    return all(isinstance(e, dict) and "kind" in e and "list" in e for e in entries)
 
 
 def _plain(value: Any) -> Any:
