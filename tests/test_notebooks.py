@@ -61,7 +61,7 @@ def executed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("notebooks")
     env = {"EDRULES_DB": str(tmp / "edrules.duckdb"), "EDRULES_OUT": str(tmp / "out"),
            "EDRULES_DATA": str(ROOT / "data")}
-    if os.environ.get("EDRULES_SCREENSHOTS"):  # set by `make screenshots` to refresh docs/screenshots
+    if os.environ.get("EDRULES_SCREENSHOTS"):  # EDRULES_SCREENSHOTS=DIR saves every figure there
         env["EDRULES_SCREENSHOTS"] = os.environ["EDRULES_SCREENSHOTS"]
     books = {name: run(name, env) for name in ORDER}
     con = duckdb.connect(env["EDRULES_DB"], read_only=True)
