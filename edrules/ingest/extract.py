@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
@@ -23,7 +23,7 @@ from edrules.ingest.authheaders import (
 )
 from edrules.ingest.headers import HeaderBlock, decode_words, mailboxes, split_header_block
 from edrules.ingest.readers import mbox_sender
-from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, parse_received
+from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, received_fields
 from edrules.ingest.trust import TrustConfig
 
 CATEGORY_ALIASES = {"clean": "ham", "ham": "ham", "spam": "spam", "phishing": "phishing", "malware": "malware"}
@@ -67,13 +67,25 @@ def _top_id(value: str) -> str:
     return head.split()[0].lower() if head.split() else ""
 
 
-def _chain(hops: Sequence[Hop], start: int, trust: TrustConfig) -> int:
+def _chain(from_ips: Sequence[str | None], start: int, trust: TrustConfig) -> int:
     """Follow our own relays down from hop `start`: a hop is believed when the host that
     handed the message to the previous believed hop is a trusted relay."""
     i = start
-    while i + 1 < len(hops) and trust.trusts_relay_ip(hops[i].from_ip):
+    while i + 1 < len(from_ips) and trust.trusts_relay_ip(from_ips[i]):
         i += 1
     return i
+
+
+def _edge(from_ips: Sequence[str | None], by_hosts: Sequence[str | None], trust: TrustConfig) -> int | None:
+    if not from_ips:
+        return None
+    edge = _chain(from_ips, 0, trust)
+    for i, by in enumerate(by_hosts):
+        if trust.writes_hop(by):
+            if i > edge:
+                edge = _chain(from_ips, i, trust)
+            break
+    return edge
 
 
 def edge_hop(hops: Sequence[Hop], trust: TrustConfig) -> int | None:
@@ -81,15 +93,7 @@ def edge_hop(hops: Sequence[Hop], trust: TrustConfig) -> int | None:
     to the outside client), or None without Received fields. Hop 0 was written by the
     system that stored the message; the top-most field whose by-host is a trusted
     authserv-id was written by that gateway (anything forged sits below it)."""
-    if not hops:
-        return None
-    edge = _chain(hops, 0, trust)
-    for h in hops:
-        if trust.writes_hop(h.by_host):
-            if h.idx > edge:
-                edge = _chain(hops, h.idx, trust)
-            break
-    return edge
+    return _edge([h.from_ip for h in hops], [h.by_host for h in hops], trust)
 
 
 def _dkim_domain(r: MethodResult) -> str | None:
@@ -196,11 +200,13 @@ def extract(
         trust = trust.with_ids(top_auth_ids(block))
 
     # --- Received chain and the edge hop
+    received = block.get_all("received")
+    parts = [received_fields(v) for _, v in received]
+    edge = _edge([p[2] for p in parts], [p[3] for p in parts], trust)
     hops = tuple(
-        parse_received(v, idx=n, position=pos)
-        for n, (pos, v) in enumerate(block.get_all("received"))
+        Hop(n, pos, *parts[n], raw=v, trusted=edge is not None and n <= edge)
+        for n, (pos, v) in enumerate(received)
     )
-    edge = edge_hop(hops, trust)
     # Auth headers count only above the first Received field an outsider could have written.
     limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
 
@@ -376,8 +382,6 @@ def extract(
         quarantine_state=quarantine_state,
         recipients=tuple(r.address for r in rcpts),
     )
-    if edge is not None:
-        hops = tuple(replace(h, trusted=True) if h.idx <= edge else h for h in hops)
     return ExtractedMessage(facts, hops, fields, tuple(warnings), rcpts)
 
 

@@ -170,8 +170,8 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
     Plain lists (`a@x, "Name, Jr" <b@y>`) take a regex path: spam To: fields list hundreds of
     addresses and the stdlib parser cost more than the rest of extraction together. Comments,
     groups, escapes outside quotes and anything unusual go to email.utils.getaddresses."""
+    out: list[tuple[str, str]] = []
     if "(" not in value and ";" not in value:
-        out = []
         pos, n = 0, len(value)
         while pos < n:
             m = _LIST_ITEM.match(value, pos)
@@ -184,8 +184,12 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
             pos = m.end()
         else:
             return out
+        if pos and value[:pos].rstrip().endswith(","):
+            value = value[pos:]  # the parsed prefix ended at a comma: only the rest goes slow
+        else:
+            out = []
     try:
-        pairs = getaddresses([value])
+        pairs = out + getaddresses([value])
     except (ValueError, IndexError, TypeError):
         return []
     return [(d, a) for d, a in pairs if a]

@@ -107,16 +107,22 @@ def mbox_sender(token: bytes) -> str:
 
 
 def split_mbox(data: bytes) -> list[tuple[int, int, str]]:
-    """(start, end, envelope sender) of each message after its From_ line."""
+    """(start, end, envelope sender) of each message after its From_ line. A separator is a
+    From_ line at the start (after blank lines) or after a blank line."""
     seps = []
     lead = _lead(data)
-    loose = _LOOSE_FROM.match(data, lead)
-    if loose and not _MBOX_FROM.match(data, lead):
-        seps.append(loose)
-    for m in _MBOX_FROM.finditer(data):
-        s = m.start()
-        if s == 0 or data[s - 2 : s] == b"\n\n" or data[s - 4 : s] == b"\r\n\r\n" or s == _lead(data):
-            seps.append(m)
+    first = _MBOX_FROM.match(data, lead) or _LOOSE_FROM.match(data, lead)
+    if first:
+        seps.append(first)
+    # bytes.find is far cheaper than a multi-line regex scan over every message body
+    pos = data.find(b"\nFrom ", lead)
+    while pos >= 0:
+        s0 = pos + 1
+        if data[s0 - 2 : s0] == b"\n\n" or data[s0 - 3 : s0] == b"\n\r\n":
+            m = _MBOX_FROM.match(data, s0)
+            if m:
+                seps.append(m)
+        pos = data.find(b"\nFrom ", s0)
     out = []
     for i, m in enumerate(seps):
         nl = data.find(b"\n", m.start())
@@ -234,13 +240,14 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
         return
     if is_mbox(head):
         try:
-            data = path.read_bytes()
+            data = head if len(head) < READ_WHOLE and keep_data else path.read_bytes()
         except OSError as exc:
             yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
             return
         parts = split_mbox(data)
         for n, (start, end, sender) in enumerate(parts, 1):
-            yield Unit("mbox", f"{src}#{n}" if len(parts) > 1 else src, src, start, end, sender)
+            yield Unit("mbox", f"{src}#{n}" if len(parts) > 1 else src, src, start, end, sender,
+                       data=_unescape_mbox(data[start:end]) if keep_data else None)
         return
     whole = keep_data and len(head) < READ_WHOLE
     yield Unit("file", src, src, data=head if whole else None)
@@ -257,9 +264,12 @@ def read_unit_bytes(unit: Unit) -> bytes:
             return re.sub(rb"(?m)^\.\.", b".", data) if b"\n.." in data or data.startswith(b"..") else data
         if unit.kind == "mbox":
             fh.seek(unit.start)
-            data = fh.read(unit.end - unit.start)
-            # mboxrd escaping: '>From ' at a line start stands for 'From '.
-            if b"\n>From " in data or data.startswith(b">From "):
-                data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
-            return data
+            return _unescape_mbox(fh.read(unit.end - unit.start))
         return fh.read()
+
+
+def _unescape_mbox(data: bytes) -> bytes:
+    # mboxrd escaping: '>From ' at a line start stands for 'From '.
+    if b"\n>From " in data or data.startswith(b">From "):
+        data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
+    return data
