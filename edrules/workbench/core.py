@@ -12,21 +12,20 @@ import duckdb
 import pandas as pd
 
 from edrules.errors import EdrulesError, Location
-from edrules.rules.model import Policy
 from edrules.pack import LoadedPack
+from edrules.rules.model import Policy
+from edrules.workbench import traffic
 from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
 from edrules.workbench.exposure import compute_exposure
 from edrules.workbench.packs import PackSource, policy_digest, to_policy
 from edrules.workbench.sqlfacts import install_facts_view
-from edrules.workbench import traffic
 from edrules.workbench.suggest import Suggestions, resolve_targets, suggest
 from edrules.workbench.whatif import WhatIf, compute_whatif
 
 ENV_DB = "EDRULES_DB"
 ENV_DATA = "EDRULES_DATA"
 ENV_OUT = "EDRULES_OUT"
-DEFAULT_DB = Path("data") / "edrules.duckdb"
 
 
 def repo_data_dir() -> Path:
@@ -59,8 +58,8 @@ class Workbench:
 
     Evaluations are cached per policy content as DuckDB temp tables, so comparing ten
     candidates against the deployed pack evaluates the deployed pack once. `now` (the date
-    entry expiry is judged against) defaults to the newest message in the data, so the same
-    data and rules always give the same numbers.
+    entry expiry is judged against) defaults to a day after the newest message in the data,
+    so the same data and rules always give the same numbers.
     """
 
     def __init__(self, db: str | Path | None = None, *, dataset: str | None = None,
