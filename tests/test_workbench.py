@@ -371,3 +371,18 @@ def test_pack_accepts_a_rules_dict_a_compiled_policy_dict_and_yaml_text_alike(wb
     assert policy_digest(wb.pack(policy_to_dict(policy))) == policy_digest(policy)
     assert policy_digest(wb.pack(yaml.safe_load(CURRENT))) == policy_digest(policy)
     assert wb.pack(CURRENT, name="renamed").name == "renamed"
+
+
+def test_every_whatif_option_and_workbench_method_is_documented():
+    import inspect
+
+    from edrules.workbench.cli import whatif
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "workbench.md").read_text()
+    for param in whatif.params:
+        for opt in param.opts:
+            assert opt in doc, f"{opt} of `edrules whatif` is not in docs/workbench.md"
+    public = [n for n, _ in inspect.getmembers(Workbench, predicate=inspect.isfunction) if not n.startswith("_")]
+    public += [n for n, v in vars(Workbench).items() if isinstance(v, property) and not n.startswith("_")]
+    for name in public:
+        assert f"{name}(" in doc or f"`{name}`" in doc, f"Workbench.{name} is not in docs/workbench.md"
