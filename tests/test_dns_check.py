@@ -219,3 +219,24 @@ def test_publishing_the_suggested_record_clears_the_finding(domain):
     after = check_domain(domain, ZoneResolver.from_text(text), **GATEWAY)
     left = {f.code for f in after.findings if f.area in ("spf", "dmarc") and f.severity >= Severity.WARNING}
     assert left == set(), [f.message for f in after.findings]
+
+
+def test_every_dns_check_option_and_auth_entry_point_is_documented():
+    from edrules.auth.cli import dns_check
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "auth.md").read_text()
+    options = [opt for p in dns_check.params for opt in p.opts if opt.startswith("--")]
+    assert options and all(f"`{o}" in doc or f" {o} " in doc or f"[{o}" in doc for o in options), options
+    entry_points = ["authenticate(", "check_spf(", "verify_dkim(", "sign_dkim(", "lookup_dmarc(", "evaluate_dmarc(",
+                    "verify_arc(", "seal_arc(", "format_authentication_results(", "check_domain(",
+                    "ZoneResolver.from_file(", "ZoneResolver.from_text(", "DnsPythonResolver(", "EDRULES_DNS"]
+    assert [e for e in entry_points if e not in doc] == []
+    import re
+
+    import edrules.auth.dnscheck as dnscheck_module
+    import edrules.auth.spfcheck as spfcheck_module
+
+    source = Path(dnscheck_module.__file__).read_text() + Path(spfcheck_module.__file__).read_text()
+    codes = set(re.findall(r'"((?:mx|spf|dkim|dmarc)\.[a-z-]+)"', source))
+    assert len(codes) > 30
+    assert [c for c in sorted(codes) if f"`{c}`" not in doc] == []
