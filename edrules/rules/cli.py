@@ -78,7 +78,8 @@ def verify(pack_file: str, pubkey: str | None, allow_unsigned: bool) -> None:
     click.echo(
         f"{pack_file}: OK\n  name: {loaded.name}\n  created: {loaded.created.isoformat()}\n"
         f"  source sha256: {loaded.source_sha256}\n  from_policy: {p.from_policy}\n"
-        f"  entries: {len(p.allow)} allow, {len(p.block)} block\n  {trust}"
+        f"  entries: {len(p.allow)} allow, {len(p.block)} block\n"
+        f"  metadata: {json.dumps(loaded.metadata, sort_keys=True, ensure_ascii=False)}\n  {trust}"
     )
 
 
