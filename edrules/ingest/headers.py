@@ -77,8 +77,11 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         end -= 1
     has_body = m is not None and m.end() < len(raw)
     text = _decode_block(raw[start:end], warnings)
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
+    # NUL and the ASCII record/unit separators (used to ship fields to DuckDB) never occur
+    # in real header text; hostile input gets U+FFFD instead.
+    for ch in ("\x00", "\x1e", "\x1f"):
+        if ch in text:
+            text = text.replace(ch, "\ufffd")
     if "\xa0" in text:
         text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " ", text)
     if _BAD_LINE.search(text) is None and _FIELD_S.match(text):
@@ -152,9 +155,17 @@ def decode_words(value: str | None) -> str | None:
     if "=?" not in value:
         return " ".join(value.split())
     try:
-        return " ".join(str(make_header(decode_header(value))).split())
+        out = " ".join(str(make_header(decode_header(value))).split())
     except (UnicodeError, LookupError, ValueError, AssertionError, IndexError):
         return " ".join(value.split())
+    # Decoded words may carry NULs or lone surrogates (unknown-8bit); Arrow needs valid UTF-8.
+    if "\x00" in out:
+        out = out.replace("\x00", "\ufffd")
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = out.encode("utf-8", "replace").decode("utf-8")
+    return out
 
 
 _ATOMS = r"[^<>\s,;:()\"\\@]+"

@@ -34,10 +34,22 @@ HOPS_SCHEMA = pa.schema(
      ("protocol", pa.string()), ("received_at", pa.timestamp("us")), ("trusted", pa.bool_()),
      ("raw", pa.string())]
 )
-HEADERS_SCHEMA = pa.schema(
-    [("dataset", pa.string()), ("msg_key", pa.string()), ("idx", pa.int32()), ("name", pa.string()),
-     ("value", pa.string())]
-)
+# Header fields travel packed, one string per message ('name RS value' joined by US), and
+# DuckDB explodes them into `headers` rows: Python-side lists and Arrow conversion of ~40
+# strings per message cost more than the whole DuckDB insert. split_header_block guarantees
+# no field contains the separators.
+FIELD_SEP, NAME_SEP = "\x1f", "\x1e"
+HEADERS_SCHEMA = pa.schema([("dataset", pa.string()), ("msg_key", pa.string()), ("packed", pa.string())])
+_HEADERS_INSERT = """
+INSERT INTO headers BY NAME
+SELECT dataset, msg_key, idx::INTEGER AS idx,
+       split_part(fv, chr(30), 1) AS name,
+       substr(fv, strpos(fv, chr(30)) + 1) AS value
+FROM (SELECT _row, dataset, msg_key, unnest(range(len(f))) AS idx, unnest(f) AS fv
+      FROM (SELECT _row, dataset, msg_key, string_split(packed, chr(31)) AS f
+            FROM _edr_in WHERE packed IS NOT NULL))
+ORDER BY _row, idx
+"""
 ERRORS_SCHEMA = pa.schema(
     [("dataset", pa.string()), ("source", pa.string()), ("position", pa.string()), ("error", pa.string()),
      ("detail", pa.string())]
@@ -58,6 +70,7 @@ def _clean(s: str | None) -> str | None:
 
 
 _KEYED = ("dataset", "msg_key")
+_PLAIN_COLUMNS = tuple(n for n in MESSAGES_SCHEMA.names if n != "dkim")
 
 
 def _columns(schema: pa.Schema) -> dict[str, list]:
@@ -82,21 +95,17 @@ class Batch:
         f = m.facts
         mi = len(self.messages["msg_key"])
         cols = self.messages
-        for name in MESSAGES_SCHEMA.names:
-            v = getattr(f, name)
-            if name == "dkim":
-                v = [{"d": _clean(x.d), "s": _clean(x.s), "result": x.result, "org": x.org} for x in v]
-            elif isinstance(v, str):
-                v = _clean(v)
-            cols[name].append(v)
+        # Every string is valid UTF-8 already: split_header_block decodes strictly (NULs
+        # replaced) and decode_words cleans what RFC 2047 decoding produces.
+        for name in _PLAIN_COLUMNS:
+            cols[name].append(getattr(f, name))
+        cols["dkim"].append([{"d": x.d, "s": x.s, "result": x.result, "org": x.org} for x in f.dkim])
         r = self.recipients
         for rc in m.recipient_rows:
             r["_msg"].append(mi)
-            r["recipient"].append(_clean(rc.address))
-            r["recipient_domain"].append(_clean(rc.domain))
+            r["recipient"].append(rc.address)
+            r["recipient_domain"].append(rc.domain)
             r["recipient_source"].append(rc.source)
-        # Header text is already valid (split_header_block decodes strictly, NULs replaced);
-        # only RFC 2047-decoded fields above go through _clean.
         h = self.hops
         n = len(m.hops)
         if n:
@@ -112,12 +121,10 @@ class Batch:
                 h["trusted"].append(hop.trusted)
                 h["raw"].append(hop.raw)
         hd = self.headers
-        n = len(m.headers)
-        hd["_msg"].extend([mi] * n)
-        hd["idx"].extend(range(n))
-        names, values = zip(*m.headers) if n else ((), ())
-        hd["name"].extend(names)
-        hd["value"].extend(values)
+        hd["_msg"].append(mi)
+        hd["packed"].append(
+            FIELD_SEP.join([name + NAME_SEP + value for name, value in m.headers]) if m.headers else None
+        )
 
     def error(self, dataset: str, source: str, position: str, error: str, detail: str) -> None:
         e = self.errors
@@ -233,7 +240,12 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
             for table, data in tables.items():
                 if data.num_rows:
                     con.register("_edr_in", data)
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
+                    if table == "headers":
+                        # explicit message order: the exploded rows must not depend on threads
+                        con.register("_edr_in", data.append_column("_row", pa.array(range(data.num_rows), pa.int64())))
+                        con.execute(_HEADERS_INSERT)
+                    else:
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
                     con.unregister("_edr_in")
             counts.messages = tables["messages"].num_rows
             counts.recipients = tables["recipients"].num_rows

@@ -219,6 +219,9 @@ def ingest_paths(
         trust = trust.with_ids(detect_ids(files))
     jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(files) // BATCH_FILES + 1)))
     con, owned = connect(db)
+    # Loads are small and frequent; DuckDB's extra threads only take CPU from the workers.
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    con.execute("SET threads = 1")
     totals = {"messages": 0, "recipients": 0, "errors": 0, "duplicates": 0, "bytes": 0}
     seen: set[str] = set()
     pending: list[ArrowBatch] = [pre.to_arrow()]
@@ -248,6 +251,7 @@ def ingest_paths(
     finally:
         if bar is not None:
             bar.close()
+        con.execute(f"SET threads = {int(threads)}")
         if owned:
             con.close()
     return IngestSummary(
