@@ -191,3 +191,20 @@ def test_notebook_output_is_identical_when_run_twice(executed):
                 for c in nb.cells]
 
     assert outputs(again) == outputs(books["04-from-policy"])
+
+
+def test_suggest_for_the_single_ticket_message_ranks_a_safe_pair_above_relaxed(executed):
+    from edrules.workbench import CandidateKind, Tier, Workbench
+
+    _, _, con, _, env = executed
+    ticket = con.execute(f"""SELECT m.msg_key FROM messages m WHERE m.dataset = 'demo' AND m.header_from = '{OTP}'
+        AND m.category = 'ham' ORDER BY m.received_at LIMIT 1""").fetchall()[0][0]
+    with Workbench(env["EDRULES_DB"], dataset="demo") as wb:
+        s = wb.suggest([ticket], wb.pack(ROOT / "data" / "rules" / "current.yaml"))
+    best, relaxed = s.best, s.find(CandidateKind.FROM_RELAXED)
+    assert best.tier is Tier.SAFE_FIX and best.new_forged == 0 and best.new_by_label.get("phishing", 0) == 0
+    assert best.kind is CandidateKind.PAIR_PROVIDER and best.delivers == 1
+    assert relaxed.tier is Tier.RISKY and s.rank_of(CandidateKind.FROM_RELAXED) > s.rank_of(best.kind, str(best.scope))
+    # the pair for Martin delivers all 14 other OTP codes too: durable, unlike the one-off envelope sender
+    assert best.new_other == 14 and best.new_by_label == {"ham": 14}
+    assert not s.find(CandidateKind.ENVELOPE_SENDER, str(best.scope)).durable
