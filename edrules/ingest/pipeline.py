@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import duckdb
 
@@ -218,6 +218,7 @@ def ingest_paths(
     if trust.auto_detect and not trust.authserv_ids:
         trust = trust.with_ids(detect_ids(files))
     jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(files) // BATCH_FILES + 1)))
+    pool = _pool(jobs) if jobs > 1 else None  # before DuckDB starts threads in this process
     con, owned = connect(db)
     # Loads are small and frequent; DuckDB's extra threads only take CPU from the workers.
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
@@ -238,7 +239,9 @@ def ingest_paths(
         pending, pending_msgs = [], 0
 
     try:
-        for batch in _run(tasks, jobs):
+        results = pool.imap(_process, tasks, chunksize=1) if pool else map(_process, tasks)
+        # imap keeps input order, so the loaded tables do not depend on scheduling.
+        for batch in results:
             totals["messages"] += batch.messages.num_rows
             totals["bytes"] += batch.bytes
             pending.append(batch)
@@ -251,6 +254,9 @@ def ingest_paths(
     finally:
         if bar is not None:
             bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         con.execute(f"SET threads = {int(threads)}")
         if owned:
             con.close()
@@ -266,19 +272,13 @@ def ingest_paths(
     )
 
 
-def _run(tasks: Iterable[tuple], jobs: int) -> Iterator[ArrowBatch]:
-    if jobs <= 1:
-        for t in tasks:
-            yield _process(t)
-        return
-    # forkserver: workers never inherit DuckDB's threads or open files from this process.
-    # Preloading replaces the default ['__main__'] (a caller's script must not re-run in the
-    # server) and pays pyarrow's one-off pandas import once, not once per worker.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["edrules.ingest.pipeline", "pandas"])
-    with ctx.Pool(jobs) as pool:
-        # imap keeps input order, so the loaded tables do not depend on scheduling.
-        yield from pool.imap(_process, tasks, chunksize=1)
+def _pool(jobs: int):
+    """Worker pool started by fork: workers inherit the imported modules (pyarrow, pandas,
+    the catalog), so they start in milliseconds instead of re-importing for a second or
+    more. They never touch DuckDB, whose threads a fork does not copy."""
+    import pandas  # noqa: F401 - pyarrow imports it on first use; do it once, before forking
+
+    return mp.get_context("fork").Pool(jobs)
 
 
 def _bar(total: int):
