@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DB     ?= data/edrules.duckdb
+SERVE  ?= 1
 
 .PHONY: demo test venv install install-test clean bench
 
@@ -17,7 +18,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
 demo: install
-	$(BIN)/edrules demo --db $(DB)
+	$(BIN)/edrules demo --db $(DB) $(if $(filter 1,$(SERVE)),--serve,--no-serve)
 
 test: install-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -26,4 +27,4 @@ bench: install-test
 	$(BIN)/python -m benchmarks.ingest
 
 clean:
-	rm -rf $(VENV) $(DB) $(DB).wal
+	rm -rf $(VENV) $(DB) $(DB).wal data/packs

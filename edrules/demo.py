@@ -39,6 +39,7 @@ class Run:
     sample: Path
     tenant: Path
     rules: Path
+    packs: Path
     echo: Callable[[str], None] = click.echo
     jobs: int | None = None
     summaries: list[tuple[str, IngestSummary]] = field(default_factory=list)
@@ -146,6 +147,41 @@ def compare_rules(r: Run) -> None:
     r.echo("  (ham held: legitimate mail stopped; bad delivered: spam, phishing or malware let through)")
 
 
+def compile_packs(r: Run) -> None:
+    """Compile and sign every example rules file, as an analyst would before deploying."""
+    from edrules.pack import build_pack, generate_keypair, load_pack, write_pack
+    from edrules.rules.parse import parse_rules_file
+
+    keys = r.packs / "keys"
+    private, public = keys / "edrules-pack.key", keys / "edrules-pack.pub"
+    if not private.exists():
+        keys.mkdir(parents=True, exist_ok=True)
+        private, public = generate_keypair(keys)
+        r.echo(f"  new demo signing key: {private} (public: {public})")
+    for path in sorted(r.rules.glob("*.yaml")):
+        out = r.packs / f"{path.stem}.json"
+        pack = build_pack(parse_rules_file(path), source_bytes=path.read_bytes(), private_key_path=private)
+        write_pack(pack, out)
+        loaded = load_pack(out, pubkey_path=public)  # what the gateway does: refuse what does not verify
+        r.echo(f"  {out}  pack '{loaded.name}' signed by {loaded.signed_by}")
+
+
+def whatif_report(r: Run) -> None:
+    """The story's answer: what the aligned From-policy would change against today's policy."""
+    from edrules.workbench.cli import render_text
+    from edrules.workbench.core import Workbench
+
+    before, after = r.packs / "current.json", r.packs / "fix-aligned.json"
+    if not (before.exists() and after.exists()):
+        r.echo(f"  needs {before.name} and {after.name} in {r.packs}")
+        return
+    with Workbench(r.db, dataset="demo") as wb:
+        public = r.packs / "keys" / "edrules-pack.pub"
+        diff = wb.whatif(wb.pack(before, pubkey_path=public), wb.pack(after, pubkey_path=public))
+        for line in render_text(diff, limit=10).splitlines():
+            r.echo(f"  {line}")
+
+
 STEPS: tuple[Step, ...] = (
     Step("tenant", "demo tenant (edrules synth)", ensure_tenant),
     Step("sample", "ingest data/sample -> dataset 'sample'", ingest_sample),
@@ -153,13 +189,17 @@ STEPS: tuple[Step, ...] = (
     Step("quarantine", "ingest the gateway's quarantine export -> dataset 'demo-quarantine'", ingest_quarantine),
     Step("summary", "dataset summary (recipients per message label)", print_summary),
     Step("rules", "example rules over the demo tenant (recipients)", compare_rules),
+    Step("packs", "compile and sign the example packs", compile_packs),
+    Step("whatif", "what-if: current policy -> aligned From-policy, per recipient", whatif_report),
 )
 
 
 def run_demo(db: str | Path, *, sample: str | Path = DATA / "sample", tenant: str | Path = DATA / "demo-tenant",
-             rules: str | Path = DATA / "rules", echo: Callable[[str], None] = click.echo,
+             rules: str | Path = DATA / "rules", packs: str | Path | None = None,
+             echo: Callable[[str], None] = click.echo,
              jobs: int | None = None, steps: tuple[Step, ...] = STEPS) -> Run:
-    r = Run(Path(db), Path(sample), Path(tenant), Path(rules), echo, jobs)
+    packs = Path(packs) if packs is not None else Path(db).parent / "packs"
+    r = Run(Path(db), Path(sample), Path(tenant), Path(rules), packs, echo, jobs)
     r.db.parent.mkdir(parents=True, exist_ok=True)
     for i, step in enumerate(steps, 1):
         echo(f"[{i}/{len(steps)}] {step.title}")
@@ -177,6 +217,31 @@ def run_demo(db: str | Path, *, sample: str | Path = DATA / "sample", tenant: st
 @click.option("--rules", type=click.Path(file_okay=False, path_type=Path), default=DATA / "rules",
               show_default="data/rules", help="Rules files to compare over the demo tenant.")
 @click.option("--jobs", type=int, default=None, help="Ingest worker processes (default: all cores).")
-def demo(db: Path, tenant: Path, sample: Path, rules: Path, jobs: int | None) -> None:
-    """Generate the demo tenant if missing, ingest it and the bundled sample, print summaries."""
+@click.option("--serve/--no-serve", default=False, show_default=True,
+              help="Afterwards serve the dashboards with Voila on 127.0.0.1 until Ctrl-C.")
+@click.option("--port", type=int, default=8866, show_default=True, help="Dashboard port (with --serve).")
+def demo(db: Path, tenant: Path, sample: Path, rules: Path, jobs: int | None, serve: bool, port: int) -> None:
+    """Generate the demo tenant if missing, ingest it and the bundled sample, compile the example
+    packs, print the what-if report; optionally serve the dashboards."""
     run_demo(db, sample=sample, tenant=tenant, rules=rules, jobs=jobs)
+    if serve:
+        serve_dashboards(db, port)
+
+
+def serve_dashboards(db: Path, port: int) -> None:
+    """Voila on loopback only, one page per notebook in dashboards/."""
+    import os
+    import subprocess
+    import sys
+
+    dashboards = DATA.parent / "dashboards"
+    env = dict(os.environ, EDRULES_DB=str(Path(db).resolve()))
+    click.echo(f"serving {dashboards} on http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    for page in sorted(dashboards.glob("*.ipynb")):
+        click.echo(f"  http://127.0.0.1:{port}/voila/render/{page.name}")
+    cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+           str(dashboards)]
+    try:
+        subprocess.run(cmd, env=env, check=False)
+    except KeyboardInterrupt:
+        pass
