@@ -45,10 +45,9 @@ INSERT INTO headers BY NAME
 SELECT dataset, msg_key, idx::INTEGER AS idx,
        split_part(fv, chr(30), 1) AS name,
        substr(fv, strpos(fv, chr(30)) + 1) AS value
-FROM (SELECT _row, dataset, msg_key, unnest(range(len(f))) AS idx, unnest(f) AS fv
-      FROM (SELECT _row, dataset, msg_key, string_split(packed, chr(31)) AS f
+FROM (SELECT dataset, msg_key, unnest(range(len(f))) AS idx, unnest(f) AS fv
+      FROM (SELECT dataset, msg_key, string_split(packed, chr(31)) AS f
             FROM _edr_in WHERE packed IS NOT NULL))
-ORDER BY _row, idx
 """
 ERRORS_SCHEMA = pa.schema(
     [("dataset", pa.string()), ("source", pa.string()), ("position", pa.string()), ("error", pa.string()),
@@ -241,8 +240,7 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
                 if data.num_rows:
                     con.register("_edr_in", data)
                     if table == "headers":
-                        # explicit message order: the exploded rows must not depend on threads
-                        con.register("_edr_in", data.append_column("_row", pa.array(range(data.num_rows), pa.int64())))
+                        # row order follows the input: ingest runs DuckDB on one thread
                         con.execute(_HEADERS_INSERT)
                     else:
                         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
