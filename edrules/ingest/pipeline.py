@@ -276,9 +276,17 @@ def _pool(jobs: int):
     """Worker pool started by fork: workers inherit the imported modules (pyarrow, pandas,
     the catalog), so they start in milliseconds instead of re-importing for a second or
     more. They never touch DuckDB, whose threads a fork does not copy."""
+    import gc
+
     import pandas  # noqa: F401 - pyarrow imports it on first use; do it once, before forking
 
-    return mp.get_context("fork").Pool(jobs)
+    # Objects that exist now are never collected in the workers: the GC must not write to
+    # (and so copy) every inherited page.
+    gc.freeze()
+    try:
+        return mp.get_context("fork").Pool(jobs)
+    finally:
+        gc.unfreeze()
 
 
 def _bar(total: int):
