@@ -118,9 +118,11 @@ def test_choosing_relaxed_in_the_browser_shows_the_forged_mail_it_lets_in(page, 
     assert count(page, "newly_delivered_forged") == str(expected["newly_delivered_forged"])
     assert count(page, "phishing") == str(forged_parcel) == "3"
     assert "parcelzone.cz" in page.inner_text(".edr-editor")
+    assert page.locator(".edr-figure").first.is_visible()  # the what-if plot, drawn in the page
     shot = voila[1] / "rule-editor.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("EDRULES_SCREENSHOTS"):  # refresh docs/screenshots on request only
+        Path(os.environ["EDRULES_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(os.environ["EDRULES_SCREENSHOTS"]) / "rule-editor.png")
 
 

@@ -334,6 +334,7 @@ def test_rule_editor_shows_the_whatif_of_each_edit_against_the_deployed_pack(wb,
     ed.from_policy.value = "relaxed"
     assert ed.last.counts() == wb.whatif(CURRENT, replace(wb.pack(CURRENT), from_policy=FromPolicy.RELAXED)).counts()
     assert 'data-key="newly_delivered_forged" style="font-size:22px;font-weight:bold;color:#b33a3a">3<' in ed.counts.value
+    assert bytes(ed.figure.value).startswith(b"\x89PNG")  # the transitions plot of this what-if
     ed.from_policy.value = "strict"
     ed.rows[0].via.value = "amazonses"  # turn the allow entry into a pair
     assert keys(ed.last.newly_delivered) == [("m01", ALICE), ("m02", ALICE), ("m03", ALICE)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from edrules.rules.model import BulkPolicy, FromPolicy, Policy
 from edrules.workbench.core import Workbench
 from edrules.workbench.deploy import CompiledPack
 from edrules.workbench.packs import PackSource, policy_to_rules_yaml
+from edrules.workbench.plots import plot_transitions
 from edrules.workbench.whatif import WhatIf
 
 ENTRY_KINDS = ("sender", "domain", "ip")
@@ -98,6 +100,10 @@ class RuleEditor:
         self.counts = w.HTML()
         self.counts.add_class("edr-counts")
         self.detail = w.HTML()
+        # A PNG in an Image widget, not an Output: it renders the same in Voila, JupyterLab
+        # and in tests without a kernel.
+        self.figure = w.Image(format="png", layout=w.Layout(max_width="900px"))
+        self.figure.add_class("edr-figure")
         self.compile_button = w.Button(description="compile + sign", button_style="primary")
         self.compile_button.add_class("edr-compile")
         self.compile_button.on_click(lambda _b: self.compile())
@@ -113,7 +119,7 @@ class RuleEditor:
             self.from_policy,
             w.HTML("<b>Bulk mailers</b>"), w.HBox(list(self.bulk.values()), layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>Allow and block entries</b> (first match in order decides)"), self.rows_box, self.add,
-            self.counts, self.detail,
+            self.counts, self.detail, self.figure,
             w.HBox([self.name, self.compile_button]), self.result,
         ])
         self.widget.add_class("edr-editor")
@@ -169,6 +175,7 @@ class RuleEditor:
             self.last = None
             self.counts.value = f'<div class="edr-error" style="color:#b33a3a"><pre>{html.escape(str(exc))}</pre></div>'
             self.detail.value = ""
+            self.figure.value = b""
             return None
         self.last = diff
         c = diff.counts()
@@ -182,6 +189,7 @@ class RuleEditor:
         )
         # Detail first: the counts are what a reader (and the browser test) waits on.
         self.detail.value = _summary_html(diff)
+        self.figure.value = _png(plot_transitions(diff, title=f"What-if {diff.before} → {diff.after}"))
         self.counts.value = f'<div class="edr-counts-row">{cells}</div>'
         return diff
 
@@ -200,6 +208,15 @@ class RuleEditor:
             f'<code class="edr-pack-path">{html.escape(str(self.compiled.pack_path))}</code>'
         )
         return self.compiled
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _color(key: str, value: int) -> str:
