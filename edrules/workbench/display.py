@@ -29,15 +29,15 @@ def numbers_markdown(name: str, values: Mapping[str, Any]) -> str:
     return f"**{name}**\n\n| | |\n|---|---|\n{rows}\n"
 
 
-def show_numbers(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Display key numbers as a small table (and machine-readable); returns them as plain data."""
+def show_numbers(name: str, values: Mapping[str, Any]) -> None:
+    """Display key numbers as a small table, machine-readable too. Returns nothing, so a
+    cell ending with it shows the numbers once."""
     from IPython.display import display
 
     plain = {str(k): _plain(v) for k, v in values.items()}
     display({"text/markdown": numbers_markdown(name, plain),
              "text/plain": f"{name}: {plain}",
              NUMBERS_MIME: {"name": name, "values": plain}}, raw=True)
-    return plain
 
 
 def show_figure(fig, name: str) -> None:
