@@ -81,6 +81,15 @@ def test_valimail_validation_suite_pass_count_is_reported_and_complete(corpus, c
     assert (sum(results), len(results)) == (171, 171)
 
 
+def stalwart_case(path: Path) -> tuple[ZoneResolver, bytes]:
+    """stalwart mail-auth resource files: 'name TXT-value' lines, a blank line, the message."""
+    head, _, message = path.read_bytes().partition(b"\n\n")
+    zone = ZoneResolver.from_text("".join(
+        f"{name}. IN TXT {_txt(value)}\n"
+        for name, _, value in (line.partition(" ") for line in head.decode().splitlines())))
+    return zone, message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def _squash(value: str) -> str:
     return re.sub(r"\s+", "", value)
 
@@ -170,8 +179,6 @@ def test_sealing_with_a_bad_key_is_an_edrules_error():
 
 @pytest.mark.corpus
 def test_a_real_google_arc_chain_validates_with_its_published_keys(corpus):
-    from test_auth_dkim import stalwart_case
-
     zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "001.txt")
     outcome = verify_arc(message, zone)
     assert (outcome.result, outcome.instances, outcome.sealer) == (AuthResult.PASS, 1, "google.com")
@@ -181,8 +188,6 @@ def test_a_real_google_arc_chain_validates_with_its_published_keys(corpus):
 def test_an_ed25519_arc_chain_fails_because_dkimpys_arc_supports_only_rsa(corpus):
     """Known dkimpy deviation: stalwart expects pass for arc/002 (Ed25519 ARC sets); dkimpy's
     ARC accepts only rsa-sha256 (the one algorithm RFC 8617 names), so edrules says fail."""
-    from test_auth_dkim import stalwart_case
-
     zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "002.txt")
     outcome = verify_arc(message, zone)
     assert outcome.result is AuthResult.FAIL and "ed25519-sha256" in outcome.reason
@@ -198,8 +203,6 @@ def test_an_ed25519_arc_chain_fails_because_dkimpys_arc_supports_only_rsa(corpus
 ])
 def test_mailauths_real_gmail_arc_chains_pass_and_fail_as_named(corpus, name, result, terminated):
     """Sealed by google.com s=arc-20160816; that key is published in stalwart's arc/001.txt."""
-    from test_auth_dkim import stalwart_case
-
     zone, _ = stalwart_case(corpus / "stalwart_mail-auth_resources" / "arc" / "001.txt")
     outcome = verify_arc((corpus / "mailauth_fixtures" / name).read_bytes(), zone)
     assert (outcome.result, outcome.instances, outcome.terminated) == (result, 2, terminated)
