@@ -117,7 +117,7 @@ history, and keep the narrowest safe one."""),
     ("md", "## Find it in the quarantine export"),
     ("code", """\
 quarantined = wb.messages(header_from="DoNotReply@someotpsite.cz", dataset="demo-quarantine")
-show_table(quarantined, max_rows=5)"""),
+show_table(quarantined, max_rows=5, hide=("dataset", "spf", "dmarc", "bulk_provider", "aligned_auth", "forged"))"""),
     ("md", """\
 ## Why was it quarantined?
 
