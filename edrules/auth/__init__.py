@@ -13,7 +13,7 @@ from edrules.auth.dmarc import DmarcOutcome, evaluate_dmarc
 from edrules.auth.resolver import Resolver, default_resolver
 from edrules.auth.spf import SpfOutcome, check_spf
 from edrules.domains import normalize_address, normalize_ip
-from edrules.facts import AuthResult, DkimSignatureResult
+from edrules.facts import DkimSignatureResult
 
 __all__ = ["AuthResults", "authenticate", "from_domains"]
 
