@@ -171,7 +171,8 @@ def decode_words(value: str | None) -> str | None:
 _ATOMS = r"[^<>\s,;:()\"\\@]+"
 # One list element: optional display name (quoted or plain words), then <addr>, or a bare addr.
 _LIST_ITEM = re.compile(
-    rf"\s*(?:(?:\"((?:[^\"\\]|\\.)*)\"|([^\"<>,;:()\\@]*?))\s*<({_ATOMS}@{_ATOMS})>|({_ATOMS}@{_ATOMS}))\s*(?:,\s*|$)|\s*,\s*"
+    rf"\s*(?:(?:\"((?:[^\"\\]|\\.)*)\"|([^\"<>,;:()\\@]*?))\s*<({_ATOMS}@{_ATOMS})>"
+    rf"|({_ATOMS}@{_ATOMS})(?:\s*\(([^()\\]*)\))?)\s*(?:,\s*|$)|\s*,\s*"
 )
 
 
@@ -182,7 +183,7 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
     addresses and the stdlib parser cost more than the rest of extraction together. Comments,
     groups, escapes outside quotes and anything unusual go to email.utils.getaddresses."""
     out: list[tuple[str, str]] = []
-    if "(" not in value and ";" not in value:
+    if ";" not in value:
         pos, n = 0, len(value)
         while pos < n:
             m = _LIST_ITEM.match(value, pos)
@@ -190,7 +191,8 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
                 break
             addr = m.group(3) or m.group(4)
             if addr:
-                display = m.group(1) if m.group(1) is not None else (m.group(2) or "")
+                # quoted phrase, plain phrase, or the old `addr (Name)` comment form
+                display = m.group(1) if m.group(1) is not None else (m.group(2) or m.group(5) or "")
                 out.append((display.replace('\\"', '"').strip(), addr))
             pos = m.end()
         else:
