@@ -200,3 +200,19 @@ def test_live_resolver_maps_servfail_and_timeouts_to_temperror(loopback):
         r.txt("servfail.test")
     with pytest.raises(TempError):
         r.txt("silent.test")
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edrules.auth.resolver import DnsError  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=300))
+def test_any_name_gives_records_or_a_typed_dns_error(zone, name):
+    for lookup in (zone.txt, zone.a, zone.aaaa, zone.mx, zone.ptr):
+        try:
+            assert isinstance(lookup(name), list)
+        except DnsError:
+            pass
