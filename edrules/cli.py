@@ -56,7 +56,10 @@ def cli() -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # Non-standalone mode hands back ctx.exit(code) as the return value instead of exiting.
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdrulesError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
