@@ -73,6 +73,39 @@ REAL_SAMPLES = [
              received_at=dt.datetime(2002, 8, 22, 11, 36, 16)),
         [],
     ),
+    (
+        "mailauth_fixtures/message3.eml", GOOGLE_TRUST,
+        dict(header_from="m@ttias.be", from_display="Mattias Geniar",
+             envelope_from="bounce+474217.804f2-andris.reinman=gmail.com@cronweekly.ma.ttias.be",
+             client_ip="161.38.206.141", helo="m206-141.mailgun.net", spf="pass", dmarc=None,
+             bulk_provider="mailgun", recipients=("andris.reinman@gmail.com",)),
+        [("cronweekly.ma.ttias.be", "pass"), ("eu.mailgun.org", "pass")],
+    ),
+    (
+        "mail-parser_tests/mail_test_13", None,
+        dict(header_from="info@continuityinsights.com", from_display="Continuity Insights",
+             envelope_from="bounce-mc.us14_65794145.395229-dpinnix=coastbankcalifornia.com@mail90.suw15.mcsv.net",
+             bulk_provider="mailchimp", recipients=("dpinnix@coastbankcalifornia.com",)),
+        [],
+    ),
+    (
+        "rspamd_test_messages/from/from_comment.eml", None,
+        dict(header_from="user@example.org", from_display="Comment text", from_invalid=False,
+             envelope_from=None, recipients=("",)),
+        [],
+    ),
+    (
+        "spamassassin_t_data/spam/fromnamespoof/spoof1", None,
+        dict(header_from="test1@gmail.com", from_display="test@example.com", envelope_from="test1@gmail.com",
+             recipients=("test@example.com",)),
+        [],
+    ),
+    (
+        "ruby-mail_fixtures/plain_emails/raw_email_multiple_from.eml", None,
+        dict(header_from=None, from_invalid=True, envelope_from="www-data@mangaverde.net",
+             recipients=("tim@powerupdev.com",)),
+        [],
+    ),
 ]
 
 
@@ -121,12 +154,12 @@ def test_return_path_comes_before_the_mbox_from_line():
     assert facts_from_bytes(raw).facts.envelope_from == "list-owner@a.example"
 
 
-def test_recipients_prefer_delivered_to_then_x_original_to_then_to_and_cc():
-    both = b"Delivered-To: final@example.org\r\nX-Original-To: alias@example.org\r\nCc: c@example.net\r\n" + MINIMAL
+def test_recipients_prefer_x_original_to_then_delivered_to_then_to_and_cc():
+    both = b"Delivered-To: final@example.org\r\nX-Original-To: Alias@Example.org\r\nCc: c@example.net\r\n" + MINIMAL
     m = facts_from_bytes(both)
-    assert [(r.address, r.source) for r in m.recipient_rows] == [("final@example.org", "delivered-to")]
-    m = facts_from_bytes(b"X-Original-To: Alias@Example.org\r\n" + MINIMAL)
     assert [(r.address, r.source) for r in m.recipient_rows] == [("alias@example.org", "x-original-to")]
+    m = facts_from_bytes(b"Delivered-To: final@example.org\r\n" + MINIMAL)
+    assert [(r.address, r.source) for r in m.recipient_rows] == [("final@example.org", "delivered-to")]
     m = facts_from_bytes(b"Cc: C <c@example.net>, b@example.org\r\n" + MINIMAL)
     assert [(r.address, r.source) for r in m.recipient_rows] == [
         ("b@example.org", "to-cc"), ("c@example.net", "to-cc")]
@@ -146,6 +179,8 @@ def test_a_message_without_any_recipient_gets_one_empty_recipient_row():
         (b"From: a@example.com\r\nFrom: b@example.com\r\nFrom: c@example.com\r\n", False, None),
         (b"From: a@example.com, b@example.com\r\n", False, None),
         (b"From: undisclosed\r\n", False, None),
+        (b"From: a@example.com b@example.com\r\n", False, None),
+        (b"From: <@example.com>\r\n", False, None),
         (b"From: =?utf-8?q?J=C3=B6rg?= <j@b\xc3\xbccher.example>\r\n", True, "j@xn--bcher-kva.example"),
     ],
 )

@@ -318,7 +318,7 @@ def extract(
         if len(boxes) == 1:
             display, addr = boxes[0]
             a = normalize_address(decode_words(addr))
-            if a and "@" in a and address_domain(a):
+            if a and a.partition("@")[0] and address_domain(a):
                 header_from, from_domain = a, address_domain(a)
                 from_display = decode_words(display) or None
             else:
@@ -328,7 +328,7 @@ def extract(
     reply_boxes = mailboxes(block.first("reply-to") or "")
     reply_to = normalize_address(reply_boxes[0][1]) if reply_boxes else None
 
-    # --- recipients: explicit > Delivered-To > X-Original-To > To+Cc
+    # --- recipients: explicit > X-Original-To > Delivered-To > To+Cc
     rcpts = _recipients(block, recipients)
 
     # --- category / score: explicit > trusted scanner headers > label
@@ -399,7 +399,9 @@ def _recipients(block: HeaderBlock, explicit: Sequence[str] | None) -> tuple[Rec
         got = rows(explicit, "envelope")
         if got:
             return tuple(got)
-    for lname in ("delivered-to", "x-original-to"):
+    # X-Original-To is the RCPT TO before alias expansion (what the gateway saw and what
+    # per-recipient scopes mean); Delivered-To is the mailbox after expansion.
+    for lname in ("x-original-to", "delivered-to"):
         v = block.first(lname)
         if v:
             got = rows([a for _, a in mailboxes(v)] or [v], lname)
