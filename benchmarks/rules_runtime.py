@@ -168,6 +168,33 @@ def pipeline(policy: Policy, tmp: Path) -> dict[str, float]:
     return times
 
 
+def phases(ev: RuntimeEvaluator, facts: list[MessageFacts]) -> dict[str, float]:
+    """CPU µs per message of each stage of evaluate(), for the profile note."""
+    from edrules.backends.runtime import _utc_date
+    from edrules.facts import Verdict
+
+    today = _utc_date(NOW)
+    ms = [ev._derive(f) for f in facts]
+    stages = {
+        "derive facts": lambda: [ev._derive(f) for f in facts],
+        "probe indices": lambda: [ev._collect(m, today) for m in ms],
+        "steps 4-7": lambda: [ev._message_level_after_lists(m) for m in ms],
+        "build Verdicts": lambda: [[Verdict(r, "deliver", "clean", "", "default", ()) for r in f.recipients]
+                                   for f in facts],
+    }
+    out = {}
+    for name, fn in stages.items():
+        best = min(_cpu(fn) for _ in range(ROUNDS))
+        out[name] = best / len(facts) * 1e6
+    return out
+
+
+def _cpu(fn) -> float:
+    t = time.thread_time()
+    fn()
+    return time.thread_time() - t
+
+
 def per_message(fn, facts) -> tuple[list[int], float, float]:
     """Per-message CPU-time latencies (ns), total CPU seconds and total wall seconds.
 
@@ -233,11 +260,12 @@ def main() -> None:
         for f in facts:
             for v in ev.evaluate(f, NOW):
                 cats[v.category] = cats.get(v.category, 0) + 1
+        stage_us = phases(ev, facts)
         rows.append({
             "entries": n, "messages": len(facts), "verdicts": n_verdicts, "build_s": build,
             "rt_vps": n_verdicts / rt_s, "rt_wall_vps": n_verdicts / rt_wall, "rt_p50": pct(rt_lat, 0.50), "rt_p99": pct(rt_lat, 0.99),
             "base_vps": n_verdicts / base_s, "base_p50": pct(base_lat, 0.50), "base_p99": pct(base_lat, 0.99),
-            "cats": cats,
+            "cats": cats, "phases": stage_us,
         })
     import tempfile
 
@@ -253,7 +281,8 @@ def main() -> None:
 def render(rows, pipe) -> str:
     lines = [
         SECTION, "",
-        f"`benchmarks/rules_runtime.py`, {datetime.now(timezone.utc):%Y-%m-%d}, Python "
+        "```", ".venv/bin/python -m benchmarks.rules_runtime --write-docs", "```", "",
+        f"`benchmarks/rules_runtime.py`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python "
         f"{platform.python_version()}, one core pinned, best of {ROUNDS} runs. The 2-core machine is shared "
         f"(load average {os.getloadavg()[0]:.1f} at the end of this run), so rates and latencies are "
         f"measured in thread CPU time; the wall-clock rate is shown for reference. "
@@ -281,6 +310,16 @@ def render(rows, pipe) -> str:
         "",
         f"From rules file to evaluator at 100k entries (CPU seconds; pack {pipe['_bytes'] / 1e6:.1f} MB): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in pipe.items() if not k.startswith("_")) + ".",
+        "",
+        "Where a message's time goes (CPU µs per message, same run; 100 / 100k entries): "
+        + ", ".join(f"{k} {rows[0]['phases'][k]:.1f} / {big['phases'][k]:.1f}" for k in big["phases"]) + ".",
+        "",
+        "- The index probes are a handful of dict lookups and one `bisect` per message whatever the",
+        "  entry count; they cost more at 100k entries only because the maps no longer fit in cache.",
+        "  Scoped entries are looked up by recipient key, never scanned.",
+        "- `Verdict` is a frozen slotted dataclass: building one costs about as much as the dict",
+        "  lookup baseline does for a whole message, so the baseline ratio is bounded below by it.",
+        "- Wall-clock rates drop with the machine's load; the CPU-time rate is the code's cost.",
         "",
     ]
     return "\n".join(lines)
