@@ -43,7 +43,7 @@ def _msg(n: int, *, hfrom: str, env: str, spf: str | None, dkim=(), dmarc: str |
     hdom = hfrom.split("@")[1]
     edom = env.split("@")[1] if env else None
     org = lambda d: ".".join(d.split(".")[-2:]) if d else None  # every test domain is 2-label
-    row = MessageFacts(msg_key=f"m{n:02d}", dataset="t", source=f"test#{n}",
+    row = MessageFacts(msg_key=f"m{n:02d}", dataset="t", source=f"test#{n}", message_id=f"<m{n}@test>",
                        received_at=T0 + timedelta(hours=n)).to_row()
     row.update(header_from=hfrom, header_from_domain=hdom, header_from_org=org(hdom),
                envelope_from=env, envelope_from_domain=edom, envelope_from_org=org(edom),
@@ -238,6 +238,15 @@ def test_suggest_with_one_recipient_of_a_multi_recipient_message_offers_user_sco
     s = wb.suggest(pd.DataFrame({"msg_key": ["m06"], "recipient": [BOB]}), CURRENT)
     assert s.targets["recipient"].tolist() == [BOB]
     assert s.best.scope.value == BOB and s.best.delivers == 1 and s.best.new_other == 0
+
+
+def test_suggest_resolves_quarantine_export_rows_to_the_full_message_by_message_id(tmp_path):
+    export_row = dict(mini_tenant()[1][0], dataset="q", msg_key="q02", quarantine_state="quarantined")
+    db = build_db(tmp_path / "with-export.duckdb", mini_tenant() + [(export_row, (ALICE,))])
+    with Workbench(db, dataset="t") as w:
+        s = w.suggest(["q02"], CURRENT)
+    assert s.targets[["dataset", "msg_key", "recipient"]].values.tolist() == [["t", "m02", ALICE]]
+    assert s.best.delivers == 1 and s.best.kind is CandidateKind.PAIR_PROVIDER
 
 
 def test_suggest_rejects_messages_that_are_not_in_the_dataset(wb):

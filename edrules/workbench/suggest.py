@@ -156,12 +156,26 @@ class Suggestions:
         return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
+# A picked row from another dataset (a quarantine-export row) stands for the full message
+# with the same Message-ID in the analysed dataset, for the recipients both list.
 _TARGETS_SQL = """
-SELECT r.dataset, r.msg_key, r.recipient, r.recipient_domain,
+WITH picked AS (
+    SELECT r.dataset, r.msg_key, r.recipient, f.message_id
+    FROM recipients r JOIN {facts} f ON f.dataset = r.dataset AND f.msg_key = r.msg_key
+    WHERE r.msg_key IN (SELECT msg_key FROM wb_targets)
+), resolved AS (
+    SELECT p.msg_key AS picked, coalesce(m.dataset, p.dataset) AS dataset,
+           coalesce(m.msg_key, p.msg_key) AS msg_key, p.recipient
+    FROM picked p
+    LEFT JOIN {facts} m ON $ds IS NOT NULL AND p.dataset <> $ds AND m.dataset = $ds
+                       AND m.message_id = p.message_id
+)
+SELECT DISTINCT x.picked, r.dataset, r.msg_key, r.recipient, r.recipient_domain,
        f.header_from, f.header_from_domain, f.header_from_org, f.envelope_from,
        f.envelope_from_domain, f.env_org, f.bulk_provider, f.aligned_auth, f.label
-FROM recipients r JOIN {facts} f ON f.dataset = r.dataset AND f.msg_key = r.msg_key
-WHERE r.msg_key IN (SELECT msg_key FROM wb_targets)
+FROM resolved x
+JOIN recipients r ON r.dataset = x.dataset AND r.msg_key = x.msg_key AND r.recipient = x.recipient
+JOIN {facts} f ON f.dataset = r.dataset AND f.msg_key = r.msg_key
 ORDER BY r.dataset, r.msg_key, r.recipient
 """
 
@@ -171,9 +185,12 @@ ORDER BY r.dataset, r.msg_key, r.recipient
 _ENVELOPE_REUSE_SQL = """
 SELECT max(n) AS max_uses,
        (SELECT count(DISTINCT envelope_from) FROM {facts}
-        WHERE header_from IN (SELECT header_from FROM wb_t)) AS envelopes_of_from
+        WHERE header_from IN (SELECT header_from FROM wb_t)
+          AND dataset IN (SELECT dataset FROM wb_t)) AS envelopes_of_from
 FROM (SELECT envelope_from, count(DISTINCT msg_key) AS n FROM {facts}
-      WHERE envelope_from IN (SELECT envelope_from FROM wb_t) GROUP BY envelope_from)
+      WHERE envelope_from IN (SELECT envelope_from FROM wb_t)
+        AND dataset IN (SELECT dataset FROM wb_t)  -- an export row is not a second use
+      GROUP BY envelope_from)
 """
 
 
@@ -181,7 +198,8 @@ def resolve_targets(con: duckdb.DuckDBPyConnection, messages, dataset: str | Non
     """(message, recipient) rows the analyst wants delivered, with the facts candidates use.
 
     messages: a msg_key, a list of them, or a DataFrame with msg_key (and optionally
-    recipient, to choose only some recipients of a message).
+    recipient, to choose only some recipients of a message). Keys of another dataset, such as
+    rows of the quarantine export, resolve by Message-ID to the analysed dataset's message.
     """
     if isinstance(messages, str):
         keys, rcpts = [messages], None
@@ -195,16 +213,16 @@ def resolve_targets(con: duckdb.DuckDBPyConnection, messages, dataset: str | Non
     facts = install_facts_view(con)
     con.register("wb_targets", pa.table({"msg_key": pa.array(keys, pa.string())}))
     try:
-        df = con.sql(_TARGETS_SQL.format(facts=facts)).df()
+        df = con.execute(_TARGETS_SQL.format(facts=facts), {"ds": dataset}).df()
     finally:
         con.unregister("wb_targets")
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if rcpts is not None:
-        df = df[[(k, r) in rcpts for k, r in zip(df["msg_key"], df["recipient"])]]
+        df = df[[(k, r) in rcpts for k, r in zip(df["picked"], df["recipient"])]]
     if df.empty:
         raise EdrulesError("none of the chosen messages is in the dataset")
-    return df.reset_index(drop=True)
+    return df.drop(columns="picked").drop_duplicates().reset_index(drop=True)
 
 
 def _scopes(targets: pd.DataFrame) -> list[Scope]:
@@ -328,7 +346,8 @@ def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
 
 def _envelope_durable(con: duckdb.DuckDBPyConnection, targets: pd.DataFrame) -> tuple[bool, str]:
     facts = install_facts_view(con)
-    con.register("wb_t", pa.Table.from_pandas(targets[["header_from", "envelope_from"]], preserve_index=False))
+    con.register("wb_t", pa.Table.from_pandas(targets[["dataset", "header_from", "envelope_from"]],
+                                              preserve_index=False))
     try:
         max_uses, envelopes_of_from = con.sql(_ENVELOPE_REUSE_SQL.format(facts=facts)).fetchall()[0]
     finally:
