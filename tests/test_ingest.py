@@ -466,3 +466,11 @@ def test_every_table_column_and_cli_option_is_documented():
         for opt in param.opts:
             if opt.startswith("--"):
                 assert f"`{opt}" in doc, opt
+
+
+def test_an_address_literal_helo_has_no_org_domain():
+    raw = b"Received: from [192.0.2.77] (unknown [192.0.2.77]) by mx.example.org; Thu, 1 Jan 2026 00:00:00 +0000\r\n" + MINIMAL
+    f = facts_from_bytes(raw).facts
+    assert (f.client_ip, f.helo, f.helo_org) == ("192.0.2.77", "192.0.2.77", None)
+    f = facts_from_bytes(MINIMAL, helo="[IPv6:2001:db8::1]", client_ip="2001:db8::1").facts
+    assert (f.helo, f.helo_org) == ("2001:db8::1", None)

@@ -62,3 +62,37 @@ def test_hostile_files_each_yield_a_message_row_or_an_error_row(tmp_path_factory
     assert con.execute(
         "SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.msg_key = m.msg_key)"
     ).fetchone()[0] == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(MESSAGE, min_size=1, max_size=5), st.binary(max_size=200))
+def test_hostile_mbox_never_crashes_and_counts_every_entry(tmp_path_factory, raws, tail):
+    folder = tmp_path_factory.mktemp("mbox")
+    box = b"".join(b"From x@example.net Thu Jan  1 00:00:00 2026\n" + r.replace(b"\nFrom ", b"\n>From ") + b"\n\n"
+                   for r in raws) + tail
+    (folder / "box.mbox").write_bytes(box)
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder / "box.mbox"], jobs=1)
+    assert s.messages + s.errors >= len(raws)  # the random tail may hold more From_ lines
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(TEXT, min_size=0, max_size=9), max_size=6))
+def test_hostile_quarantine_csv_rows_each_load_or_become_an_error(tmp_path_factory, rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["received_at", "recipient", "envelope_from", "client_ip", "category", "score", "quarantine_state"])
+    good = ["2026-01-05T10:00:00", "a@example.org", "b@example.com", "192.0.2.1", "spam", "1", "quarantined"]
+    w.writerow(good)
+    for r in rows:
+        w.writerow([c.replace("\x00", "") for c in r])  # csv cannot carry NUL
+    path = tmp_path_factory.mktemp("csv") / "q.csv"
+    path.write_text(buf.getvalue(), encoding="utf-8", errors="replace")
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert s.messages >= 1
+    blank = sum(1 for r in rows if not any(c.replace("\x00", "").strip() for c in r))
+    assert s.messages + s.errors == 1 + len(rows) - blank

@@ -292,7 +292,7 @@ def extract(
     # --- client IP / HELO: explicit > Received field of the first trusted relay > Received-SPF
     ptr = None
     ip = normalize_ip(client_ip) if client_ip else None
-    helo_name = helo.strip().strip("[]").rstrip(".").lower() if helo else None
+    helo_name = (normalize_ip(helo) or helo.strip().strip("[]").rstrip(".").lower()) if helo else None
     if edge is not None:
         h = hops[edge]
         if ip is None and client_ip is None:
