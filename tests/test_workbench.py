@@ -396,3 +396,15 @@ def test_every_whatif_option_and_workbench_method_is_documented():
     public += [n for n, v in vars(Workbench).items() if isinstance(v, property) and not n.startswith("_")]
     for name in public:
         assert f"{name}(" in doc or f"`{name}`" in doc, f"Workbench.{name} is not in docs/workbench.md"
+
+
+def test_load_wraps_ingest_and_the_loaded_messages_are_queryable(tmp_path):
+    folder = Path(__file__).resolve().parent.parent / "data" / "demo-tenant" / "phishing"
+    files = len(list(folder.glob("*.eml")))
+    wb = Workbench(tmp_path / "loaded.duckdb", dataset="x", read_only=False)
+    summary = wb.load([folder], dataset="x", label="phishing", jobs=1)
+    assert summary.messages == files and summary.errors == 0
+    assert wb.overview()["labels"] == {"phishing": files}
+    again = wb.load([folder], dataset="x", label="phishing", jobs=1)
+    assert again.duplicates == files  # idempotent
+    wb.close()
