@@ -474,3 +474,18 @@ def test_an_address_literal_helo_has_no_org_domain():
     assert (f.client_ip, f.helo, f.helo_org) == ("192.0.2.77", "192.0.2.77", None)
     f = facts_from_bytes(MINIMAL, helo="[IPv6:2001:db8::1]", client_ip="2001:db8::1").facts
     assert (f.helo, f.helo_org) == ("2001:db8::1", None)
+
+
+def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path):
+    bad = write(tmp_path / "x.duckdb", b"this is not a duckdb file at all" * 100)
+    with pytest.raises(EdrulesError) as err:
+        ingest_paths(bad, [write(tmp_path / "a.eml", msg(1))], jobs=1)
+    assert "cannot open database" in str(err.value) and "x.duckdb" in str(err.value)
+
+
+def test_a_database_with_an_older_messages_table_gives_a_clear_error(tmp_path):
+    con = duckdb.connect()
+    con.execute("CREATE TABLE messages (msg_key VARCHAR, dataset VARCHAR)")
+    with pytest.raises(EdrulesError) as err:
+        ingest_paths(con, [write(tmp_path / "a.eml", msg(1))], jobs=1)
+    assert "older edrules" in str(err.value)

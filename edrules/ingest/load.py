@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage
 from edrules.schema import ensure_schema
@@ -164,10 +165,14 @@ def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPy
         ensure_schema(db)
         return db, False
     path = Path(db)
-    if str(db) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db))
-    ensure_schema(con)
+    try:
+        if str(db) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(db))
+        ensure_schema(con)
+    except (OSError, duckdb.Error) as exc:
+        # e.g. another process holds DuckDB's write lock, or the file is not a database
+        raise EdrulesError(f"cannot open database: {str(exc).splitlines()[0]}", Location(str(db))) from None
     return con, True
 
 
@@ -191,68 +196,85 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     keep_mask = []
     new_keys: list[str] = []
     existing: set[str] = set()
-    if keys:
-        con.register("_edr_keys", pa.table({"msg_key": keys}))
-        existing = {
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
-                [dataset],
-            ).fetchall()
-        }
-        con.unregister("_edr_keys")
-    for k in keys:
-        ok = k not in existing and k not in seen
-        keep_mask.append(ok)
-        if ok:
-            seen.add(k)
-            new_keys.append(k)
-    counts.duplicates = len(keys) - len(new_keys)
-    con.execute("BEGIN TRANSACTION")
     try:
-        if new_keys:
-            every = len(new_keys) == len(keys)  # the usual case: nothing to filter out
-            tables = {
-                "messages": msgs if every else msgs.filter(pa.array(keep_mask)),
-                "recipients": pa.concat_tables([b.recipients for b in batches]),
-                "received_hops": pa.concat_tables([b.hops for b in batches]),
-                "headers": pa.concat_tables([b.headers for b in batches]),
+        if keys:
+            con.register("_edr_keys", pa.table({"msg_key": keys}))
+            existing = {
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
+                    [dataset],
+                ).fetchall()
             }
-            if not every:
-                # The same message twice in one run or already loaded: keep only new rows.
-                # Arrow's filter keeps row order (a SQL semi-join would not, under threads).
-                new_set = pa.array(new_keys)
-                for name in ("recipients", "received_hops", "headers"):
-                    t = tables[name]
-                    if t.num_rows:
-                        tables[name] = t.filter(pc.is_in(t.column("msg_key"), value_set=new_set))
-            for table, data in tables.items():
-                if data.num_rows:
-                    con.register("_edr_in", data)
-                    if table == "headers":
-                        # row order follows the input: ingest runs DuckDB on one thread
-                        con.execute(_HEADERS_INSERT)
-                    else:
-                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
-                    con.unregister("_edr_in")
-            counts.messages = tables["messages"].num_rows
-            counts.recipients = tables["recipients"].num_rows
-        if errs.num_rows:
-            con.register("_edr_err", errs)
-            con.execute(
-                """INSERT INTO ingest_errors BY NAME
-                   SELECT DISTINCT e.* FROM _edr_err e
-                   WHERE NOT EXISTS (SELECT 1 FROM ingest_errors x
-                       WHERE x.dataset IS NOT DISTINCT FROM e.dataset AND x.source = e.source
-                         AND x.position IS NOT DISTINCT FROM e.position AND x.error = e.error)"""
-            )
-            con.unregister("_edr_err")
+            con.unregister("_edr_keys")
+        fresh: set[str] = set()
+        for k in keys:
+            ok = k not in existing and k not in seen and k not in fresh
+            keep_mask.append(ok)
+            if ok:
+                fresh.add(k)
+                new_keys.append(k)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if new_keys:
+                counts.messages, counts.recipients = _insert_messages(con, msgs, batches, keys, new_keys, keep_mask)
+            if errs.num_rows:
+                _insert_errors(con, errs)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+    except duckdb.Error as exc:
+        # An older database whose tables lack a column, a full disk, ...: say so, no traceback.
+        raise EdrulesError(
+            f"cannot load into the database (created by an older edrules? start a new file): "
+            f"{str(exc).splitlines()[0]}", Location(field="ingest")
+        ) from None
+    seen.update(new_keys)
+    counts.duplicates = len(keys) - len(new_keys)
     counts.errors = errs.num_rows
     return counts
+
+
+def _insert_messages(con, msgs: pa.Table, batches: list[ArrowBatch], keys: list[str], new_keys: list[str],
+                     keep_mask: list[bool]) -> tuple[int, int]:
+    every = len(new_keys) == len(keys)  # the usual case: nothing to filter out
+    tables = {
+        "messages": msgs if every else msgs.filter(pa.array(keep_mask)),
+        "recipients": pa.concat_tables([b.recipients for b in batches]),
+        "received_hops": pa.concat_tables([b.hops for b in batches]),
+        "headers": pa.concat_tables([b.headers for b in batches]),
+    }
+    if not every:
+        # The same message twice in one run or already loaded: keep only new rows.
+        # Arrow's filter keeps row order (a SQL semi-join would not, under threads).
+        new_set = pa.array(new_keys)
+        for name in ("recipients", "received_hops", "headers"):
+            t = tables[name]
+            if t.num_rows:
+                tables[name] = t.filter(pc.is_in(t.column("msg_key"), value_set=new_set))
+    for table, data in tables.items():
+        if data.num_rows:
+            con.register("_edr_in", data)
+            if table == "headers":
+                # row order follows the input: ingest runs DuckDB on one thread
+                con.execute(_HEADERS_INSERT)
+            else:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
+            con.unregister("_edr_in")
+    return tables["messages"].num_rows, tables["recipients"].num_rows
+
+
+def _insert_errors(con, errs: pa.Table) -> None:
+    con.register("_edr_err", errs)
+    con.execute(
+        """INSERT INTO ingest_errors BY NAME
+           SELECT DISTINCT e.* FROM _edr_err e
+           WHERE NOT EXISTS (SELECT 1 FROM ingest_errors x
+               WHERE x.dataset IS NOT DISTINCT FROM e.dataset AND x.source = e.source
+                 AND x.position IS NOT DISTINCT FROM e.position AND x.error = e.error)"""
+    )
+    con.unregister("_edr_err")
 
 
 def read_facts(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> list[MessageFacts]:
