@@ -6,7 +6,6 @@ from pathlib import Path
 
 import authres
 import duckdb
-import pytest
 
 from edrules.ingest import TrustConfig, facts_from_bytes, ingest_paths, read_facts
 from edrules.ingest.authheaders import (
