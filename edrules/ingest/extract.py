@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Sequence
 
@@ -199,7 +199,6 @@ def extract(
     if detect_per_message:
         trust = trust.with_ids(top_auth_ids(block))
 
-    # --- Received chain and the edge hop
     received = block.get_all("received")
     parts = [received_fields(v) for _, v in received]
     edge = _edge([p[2] for p in parts], [p[3] for p in parts], trust)
@@ -210,128 +209,16 @@ def extract(
     # Auth headers count only above the first Received field an outsider could have written.
     limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
 
-    # --- trusted Authentication-Results / Received-SPF (top-most per method wins)
-    chosen: dict[str, tuple[AuthResults, list[MethodResult]]] = {}
-    spf_header: ReceivedSpf | None = None
-    for pos, value in block.get_all("authentication-results"):
-        if pos >= limit:
-            break
-        if not trust.trusts_id(_top_id(value)):
-            continue
-        ar = parse_authentication_results(value, pos)
-        if ar is None:
-            warnings.append(f"unparsable-authentication-results:{pos}")
-            continue
-        by_method: dict[str, list[MethodResult]] = {}
-        for r in ar.results:
-            by_method.setdefault(r.method, []).append(r)
-        for method, rs in by_method.items():
-            chosen.setdefault(method, (ar, rs))
-    for pos, value in block.get_all("received-spf"):
-        if pos >= limit:
-            break
-        parsed = parse_received_spf(value, pos)
-        if parsed and trust.trusts_receiver(parsed.receiver):
-            spf_header = parsed
-            break
-
-    spf = spf_domain = dmarc = policy = authserv = None
-    ar_mailfrom: str | None = None
-    dkim: list[DkimSignatureResult] = []
-    if "spf" in chosen:
-        ar, rs = chosen["spf"]
-        authserv = ar.authserv_id
-        spf = rs[0].result
-        ar_mailfrom = rs[0].props.get("smtp.mailfrom")
-        _, spf_domain = _mail_from(ar_mailfrom)
-        if not spf_domain and rs[0].props.get("smtp.helo"):
-            spf_domain = normalize_domain(rs[0].props["smtp.helo"])
-    elif spf_header is not None:
-        spf = spf_header.result
-        _, spf_domain = _mail_from(spf_header.envelope_from)
-        if not spf_domain and spf_header.helo:
-            spf_domain = normalize_domain(spf_header.helo)
-    if "dkim" in chosen:
-        ar, rs = chosen["dkim"]
-        authserv = authserv or ar.authserv_id
-        for r in rs:
-            d = _dkim_domain(r)
-            s = r.props.get("header.s")
-            dkim.append(DkimSignatureResult(d=d, s=s or None, result=r.result or "permerror", org=org_domain(d)))
-    if "dmarc" in chosen:
-        ar, rs = chosen["dmarc"]
-        authserv = authserv or ar.authserv_id
-        dmarc = rs[0].result
-        policy = dmarc_policy(rs[0])
-    if authserv is None and spf_header is not None:
-        authserv = spf_header.receiver
-
-    # --- envelope sender: explicit > Return-Path > mbox From line > Received-SPF > A-R smtp.mailfrom
-    env_from: str | None = None
-    env_domain: str | None = None
-    if envelope_from is not None:
-        env_from, env_domain = _mail_from(envelope_from)
-    else:
-        rp = block.first("return-path")
-        candidates = [
-            rp,
-            mbox_from,
-            spf_header.envelope_from if spf_header else None,
-            ar_mailfrom,
-        ]
-        for cand in candidates:
-            if cand is None:
-                continue
-            a, d = _mail_from(cand)
-            if a is not None or d is not None:
-                env_from, env_domain = a, d
-                break
-    if env_from and "@" not in env_from:
-        env_from, env_domain = None, None  # a local part alone tells rules nothing reliable
-
-    # --- client IP / HELO: explicit > Received field of the first trusted relay > Received-SPF
-    ptr = None
-    ip = normalize_ip(client_ip) if client_ip else None
-    helo_name = (normalize_ip(helo) or helo.strip().strip("[]").rstrip(".").lower()) if helo else None
-    if edge is not None:
-        h = hops[edge]
-        if ip is None and client_ip is None:
-            ip = h.from_ip
-            ptr = h.from_rdns
-        if helo_name is None and helo is None:
-            helo_name = h.from_host
-    if spf_header is not None:
-        if ip is None and client_ip is None:
-            ip = normalize_ip(spf_header.client_ip)
-        if helo_name is None and helo is None and spf_header.helo:
-            helo_name = normalize_ip(spf_header.helo) or normalize_domain(spf_header.helo)
-    if helo_name and not is_ip_literal(helo_name):
-        helo_name = normalize_domain(helo_name)
+    auth = _trusted_auth(block, limit, trust, warnings)
+    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth)
+    ip, helo_name, ptr = _client(client_ip, helo, hops[edge] if edge is not None else None, auth.spf_header)
     helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
-
-    # --- header From
-    from_values = [v for _, v in block.get_all("from")]
-    header_from = from_domain = from_display = None
-    from_invalid = len(from_values) != 1
-    if len(from_values) == 1:
-        boxes = mailboxes(from_values[0])
-        if len(boxes) == 1:
-            display, addr = boxes[0]
-            a = normalize_address(decode_words(addr))
-            if a and a.partition("@")[0] and address_domain(a):
-                header_from, from_domain = a, address_domain(a)
-                from_display = decode_words(display) or None
-            else:
-                from_invalid = True
-        else:
-            from_invalid = True
+    header_from, from_domain, from_display, from_invalid = _header_from(block)
     reply_boxes = mailboxes(block.first("reply-to") or "")
     reply_to = normalize_address(reply_boxes[0][1]) if reply_boxes else None
-
-    # --- recipients: explicit > X-Original-To > Delivered-To > To+Cc
     rcpts = _recipients(block, recipients)
 
-    # --- category / score: explicit > trusted scanner headers > label
+    # category / score: explicit > scanner headers on our side > label
     cat = normalize_category(category, Location(source or None, field="category"))
     sc = score
     if cat is None:
@@ -340,9 +227,9 @@ def extract(
     if cat is None:
         cat = normalize_category(label, Location(field="label"))
 
-    envelope_org = org_domain(env_domain) if env_domain else None
+    # DKIM counts for the provider only with a trusted pass: anyone can write a signature.
     provider = load_catalog().identify(
-        env_domain, [d.d for d in dkim if d.result == "pass" and d.d], helo_name, ptr
+        env_domain, [d.d for d in auth.dkim if d.result == "pass" and d.d], helo_name, ptr
     )
     when = received_at
     if when is None and hops:
@@ -364,16 +251,16 @@ def extract(
         reply_to=reply_to,
         envelope_from=env_from,
         envelope_from_domain=env_domain,
-        envelope_from_org=envelope_org,
+        envelope_from_org=org_domain(env_domain) if env_domain else None,
         client_ip=ip,
         helo=helo_name,
         helo_org=helo_org,
-        spf=spf,
-        spf_domain=spf_domain,
-        dkim=tuple(dkim),
-        dmarc=dmarc,
-        dmarc_policy=policy,
-        authserv_id=authserv,
+        spf=auth.spf,
+        spf_domain=auth.spf_domain,
+        dkim=tuple(auth.dkim),
+        dmarc=auth.dmarc,
+        dmarc_policy=auth.policy,
+        authserv_id=auth.authserv,
         bulk_provider=provider,
         list_unsubscribe=block.first("list-unsubscribe"),
         category=cat,
@@ -383,6 +270,130 @@ def extract(
         recipients=tuple(r.address for r in rcpts),
     )
     return ExtractedMessage(facts, hops, fields, tuple(warnings), rcpts)
+
+
+@dataclass(slots=True)
+class _Auth:
+    spf: str | None = None
+    spf_domain: str | None = None
+    dkim: list[DkimSignatureResult] = field(default_factory=list)
+    dmarc: str | None = None
+    policy: str | None = None
+    authserv: str | None = None
+    ar_mailfrom: str | None = None
+    spf_header: ReceivedSpf | None = None
+
+
+def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: list[str]) -> _Auth:
+    """Results of trusted Authentication-Results / Received-SPF above `limit`; per method the
+    top-most trusted header that carries it wins, SPF falls back to Received-SPF."""
+    chosen: dict[str, tuple[AuthResults, list[MethodResult]]] = {}
+    out = _Auth()
+    for pos, value in block.get_all("authentication-results"):
+        if pos >= limit:
+            break
+        if not trust.trusts_id(_top_id(value)):
+            continue
+        ar = parse_authentication_results(value, pos)
+        if ar is None:
+            warnings.append(f"unparsable-authentication-results:{pos}")
+            continue
+        by_method: dict[str, list[MethodResult]] = {}
+        for r in ar.results:
+            by_method.setdefault(r.method, []).append(r)
+        for method, rs in by_method.items():
+            chosen.setdefault(method, (ar, rs))
+    for pos, value in block.get_all("received-spf"):
+        if pos >= limit:
+            break
+        parsed = parse_received_spf(value, pos)
+        if parsed and trust.trusts_receiver(parsed.receiver):
+            out.spf_header = parsed
+            break
+    if "spf" in chosen:
+        ar, rs = chosen["spf"]
+        out.authserv = ar.authserv_id
+        out.spf = rs[0].result
+        out.ar_mailfrom = rs[0].props.get("smtp.mailfrom")
+        _, out.spf_domain = _mail_from(out.ar_mailfrom)
+        if not out.spf_domain and rs[0].props.get("smtp.helo"):
+            out.spf_domain = normalize_domain(rs[0].props["smtp.helo"])
+    elif out.spf_header is not None:
+        out.spf = out.spf_header.result
+        _, out.spf_domain = _mail_from(out.spf_header.envelope_from)
+        if not out.spf_domain and out.spf_header.helo:
+            out.spf_domain = normalize_domain(out.spf_header.helo)
+    if "dkim" in chosen:
+        ar, rs = chosen["dkim"]
+        out.authserv = out.authserv or ar.authserv_id
+        for r in rs:
+            d = _dkim_domain(r)
+            out.dkim.append(DkimSignatureResult(d=d, s=r.props.get("header.s") or None,
+                                                result=r.result or "permerror", org=org_domain(d)))
+    if "dmarc" in chosen:
+        ar, rs = chosen["dmarc"]
+        out.authserv = out.authserv or ar.authserv_id
+        out.dmarc = rs[0].result
+        out.policy = dmarc_policy(rs[0])
+    if out.authserv is None and out.spf_header is not None:
+        out.authserv = out.spf_header.receiver
+    return out
+
+
+def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, auth: _Auth
+              ) -> tuple[str | None, str | None]:
+    """Envelope sender: explicit > Return-Path > mbox From_ line > Received-SPF > smtp.mailfrom."""
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        candidates = [block.first("return-path"), mbox_from,
+                      auth.spf_header.envelope_from if auth.spf_header else None, auth.ar_mailfrom]
+    for cand in candidates:
+        if cand is None:
+            continue
+        a, d = _mail_from(cand)
+        if a is not None or d is not None:
+            if a and "@" not in a:
+                return None, None  # a local part alone tells rules nothing reliable
+            return a, d
+    return None, None
+
+
+def _client(client_ip: str | None, helo: str | None, edge: Hop | None, spf_header: ReceivedSpf | None
+            ) -> tuple[str | None, str | None, str | None]:
+    """(client IP, HELO, PTR): explicit > Received field of the first trusted relay > Received-SPF."""
+    ip = normalize_ip(client_ip) if client_ip else None
+    name = (normalize_ip(helo) or helo.strip().strip("[]").rstrip(".").lower()) if helo else None
+    ptr = None
+    if edge is not None:
+        if client_ip is None:
+            ip, ptr = edge.from_ip, edge.from_rdns
+        if helo is None:
+            name = edge.from_host
+    if spf_header is not None:
+        if ip is None and client_ip is None:
+            ip = normalize_ip(spf_header.client_ip)
+        if name is None and helo is None and spf_header.helo:
+            name = normalize_ip(spf_header.helo) or normalize_domain(spf_header.helo)
+    if name and not is_ip_literal(name):
+        name = normalize_domain(name)
+    return ip, name, ptr
+
+
+def _header_from(block: HeaderBlock) -> tuple[str | None, str | None, str | None, bool]:
+    """(address, domain, display, invalid) of the single mailbox of the single From field."""
+    values = [v for _, v in block.get_all("from")]
+    if len(values) != 1:
+        return None, None, None, True
+    boxes = mailboxes(values[0])
+    if len(boxes) != 1:
+        return None, None, None, True
+    display, addr = boxes[0]
+    a = normalize_address(decode_words(addr))
+    domain = address_domain(a)
+    if not a or not a.partition("@")[0] or not domain:
+        return None, None, None, True
+    return a, domain, decode_words(display) or None, False
 
 
 def _recipients(block: HeaderBlock, explicit: Sequence[str] | None) -> tuple[Recipient, ...]:
