@@ -185,6 +185,8 @@ def extract(
     quarantine_state: str | None = None,
     msg_key: str | None = None,
 ) -> ExtractedMessage:
+    """facts_from_bytes for the pipeline: trust ids already decided (or detected here when
+    detect_per_message), plus what a quarantine CSV row adds (category, score, time, state)."""
     if raw[:5] == b"From " and not _FROM_FIELD.match(raw):
         # A message saved with its mbox From_ line (or BSMTP DATA that kept it).
         first, _, raw = raw.partition(b"\n")
