@@ -69,14 +69,40 @@ _COMMON_PROBES: tuple[tuple[str, str, str, str], ...] = tuple(
     ("block", "domain", "header_from_domain", "always"),
 )
 
-# Gate token -> SQL over the candidate row's message flags.
+
+
+def _under(domain: str, suffixes: str) -> str:
+    """SQL: `domain` equals or sits label-wise under one of the list `suffixes`."""
+    return f"coalesce(len(list_filter({suffixes}, lambda s: {domain} = s OR ends_with({domain}, '.' || s))) > 0, FALSE)"
+
+
+def _dkim_under(suffixes: str) -> str:
+    """SQL: some passing DKIM signature's d= equals or sits under one of `suffixes`."""
+    return (f"coalesce(len(list_filter(d.dkim, lambda k: k.result = 'pass' AND "
+            f"{_under('k.d', suffixes)})) > 0, FALSE)")
+
+
+# Infrastructure check token -> the SQL deciding it for message `d` against a suffix list: a
+# pair's `via` side and the bulk-mailer `allow` exemption ("provider authenticated") share them.
+_CHECKS: dict[str, str] = {
+    "spf_env_domain": "d.spf_pass AND " + _under("d.env_domain", "{x}.spf_env_domain"),
+    "spf_envelope_from_domain": "d.spf_pass AND " + _under("d.envelope_from_domain", "{x}.spf_envelope_from_domain"),
+    "dkim_d": _dkim_under("{x}.dkim_d"),
+}
+
+
+def _checks(x: str) -> str:
+    return "(" + " OR ".join(f"({v.format(x=x)})" for v in _CHECKS.values()) + ")"
+
+
+# Gate token -> SQL over message `d` and candidate hit `h` (a struct in the message's list).
 _GATES: dict[str, str] = {
     "always": "TRUE",
-    "env_ok": "c.env_ok",
-    "spf_env_ok": "c.spf_pass AND c.env_ok",
-    "header_ok": "c.header_ok",
-    "header_aligned": "c.header_ok AND c.aligned_auth",
-    "via": "c.header_ok AND v.eid IS NOT NULL",
+    "env_ok": "d.env_ok",
+    "spf_env_ok": "d.spf_pass AND d.env_ok",
+    "header_ok": "d.header_ok",
+    "header_aligned": "d.header_ok AND coalesce(d.aligned_auth, FALSE)",
+    "via": "d.header_ok AND (h.via_cidr OR " + _checks("h") + ")",
 }
 
 # Forgery per From-policy, over the derived flags of CTE `d` (docs/rules.md "Derived facts"):
@@ -85,20 +111,6 @@ _FORGERY: dict[FromPolicy, str] = {
     FromPolicy.STRICT: "NOT d.header_ok OR coalesce(d.header_from_org <> d.env_org, FALSE)",
     FromPolicy.ALIGNED: "NOT d.header_ok OR NOT d.aligned_auth",
     FromPolicy.RELAXED: "NOT d.header_ok",
-}
-
-# Infrastructure check token -> SQL: does the message's identity equal or sit label-wise under
-# `x.suffix`? Shared by pair `via` sides and the bulk-mailer `allow` exemption.
-_CHECKS: dict[str, str] = {
-    "spf_env_domain": "c.spf_pass AND (c.env_domain = x.suffix OR ends_with(c.env_domain, '.' || x.suffix))",
-    "spf_envelope_from_domain": (
-        "c.spf_pass AND (c.envelope_from_domain = x.suffix"
-        " OR ends_with(c.envelope_from_domain, '.' || x.suffix))"
-    ),
-    "dkim_d": (
-        "len(list_filter(c.dkim, lambda k: k.result = 'pass'"
-        " AND (k.d = x.suffix OR ends_with(k.d, '.' || x.suffix)))) > 0"
-    ),
 }
 
 _REASONS: dict[str, str] = {
@@ -306,14 +318,14 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
         "via_checks": pa.table(
             {
                 "eid": pa.array([v[0] for v in via_checks], pa.int32()),
-                "check": pa.array([v[1] for v in via_checks], s),
+                "check_kind": pa.array([v[1] for v in via_checks], s),
                 "suffix": pa.array([v[2] for v in via_checks], s),
             }
         ),
         "provider_checks": pa.table(
             {
                 "provider": pa.array([v[0] for v in provider_checks], s),
-                "check": pa.array([v[1] for v in provider_checks], s),
+                "check_kind": pa.array([v[1] for v in provider_checks], s),
                 "suffix": pa.array([v[2] for v in provider_checks], s),
             }
         ),
@@ -328,15 +340,15 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
     }
 
 
+# Does hit `h` apply to the recipient row (docs/rules.md "Entry matching", scopes)?
+_IN_SCOPE = ("(h.scope_kind = 'global' OR (h.scope_kind = 'domain' AND h.scope_value = r.recipient_domain)"
+             " OR (h.scope_kind = 'user' AND h.scope_value = r.recipient))")
+
+
 def _needs_ips(policy: Policy) -> bool:
     return bool(policy.inbound_enforce or policy.inbound_relays
                 or any(e.kind is EntryKind.IP or (e.via is not None and e.via.kind is ViaKind.CIDR)
                        for e in (*policy.allow, *policy.block)))
-
-
-def _check_case(alias: str) -> str:
-    whens = " ".join(f"WHEN '{k}' THEN {v}" for k, v in _CHECKS.items())
-    return f"coalesce(CASE {alias}.check {whens} END, FALSE)"
 
 
 def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
@@ -347,15 +359,22 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
     names maps each table role to the name it is registered under (default: the role itself).
     The policy only chooses the query's shape (From-policy mode, whether CIDRs and inbound
     enforcement take part); every value comes from the tables. `dataset` only switches the
-    filter on; its value is params.dataset."""
+    filter on; its value is params.dataset.
+
+    Shape (why it is fast): the messages are read in a few narrow passes (distinct domains,
+    distinct client IPs, one probe of the five identity fields against the small hit tables) and
+    one full pass that decides every message and attaches its rare candidate hits; nothing the
+    size of the traffic is materialised. The recipients then join that per-message result once,
+    and only rows of messages with hits look at scopes."""
     n = {role: role for role in TABLE_ROLES} | dict(names or {})
     mode = FromPolicy(policy.from_policy)
     with_ips = _needs_ips(policy)
     ds_filter = f"WHERE t.dataset = (SELECT dataset FROM {n['params']})" if dataset is not None else ""
     gate_case = " ".join(f"WHEN '{k}' THEN {v}" for k, v in _GATES.items())
 
-    ip_ctes = ""
-    ip_branch = ""
+    ip_ctes = ip_join = via_join = inbound_join = ""
+    ip_eid = "NULL::INTEGER"
+    via_cidr = "FALSE"
     inbound_expr = "FALSE"
     if with_ips:
         ip_ctes = f"""
@@ -365,7 +384,7 @@ ip_keys AS MATERIALIZED (  -- each distinct client IP masked to every prefix len
     SELECT client_ip, 4::TINYINT AS family, 0::UBIGINT AS hi,
       (split_part(client_ip, '.', 1)::UBIGINT << 24) + (split_part(client_ip, '.', 2)::UBIGINT << 16)
       + (split_part(client_ip, '.', 3)::UBIGINT << 8) + split_part(client_ip, '.', 4)::UBIGINT AS lo
-    FROM (SELECT DISTINCT client_ip FROM d WHERE regexp_full_match(client_ip, '{_V4_RE}'))
+    FROM (SELECT DISTINCT client_ip FROM d) WHERE regexp_full_match(client_ip, '{_V4_RE}')
     UNION ALL
     SELECT client_ip, family, hi, lo FROM {n['ips']}
   ) i JOIN {n['masks']} k ON k.family = i.family
@@ -375,22 +394,18 @@ ip_hits AS (  -- then one equi-join on (family, prefix, network): no range join,
   FROM ip_keys i
   JOIN {n['cidrs']} c ON c.family = i.family AND c.plen = i.plen AND c.net_hi = i.m_hi AND c.net_lo = i.m_lo
 ),
+ip_entries AS (SELECT ip_hits.client_ip, ip_hits.eid FROM ip_hits JOIN live USING (eid) WHERE role = 'entry'),
+ip_vias AS (SELECT DISTINCT client_ip, eid FROM ip_hits WHERE role = 'via'),
 relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
-        ip_branch = """
-  UNION ALL
-  SELECT d.*, 'client_ip' AS field, h.eid FROM d JOIN ip_hits h ON h.client_ip = d.client_ip AND h.role = 'entry'"""
+        ip_join = "LEFT JOIN ip_entries ih ON ih.client_ip = m.client_ip"
+        ip_eid = "ih.eid"
+        via_join = "LEFT JOIN ip_vias vc ON vc.client_ip = c.client_ip AND vc.eid = c.eid"
+        via_cidr = "vc.eid IS NOT NULL"
     if policy.inbound_enforce:
-        # A missing or unparseable client IP is "not in any relay" (the runtime's choice):
-        # enforcement exists to refuse mail that did not come through the relays.
+        # A missing or unparseable client IP is "not in any relay" (docs/rules.md: fail closed).
         inbound_expr = "ri.client_ip IS NULL"
-    inbound_join = (f"LEFT JOIN relay_ips ri ON ri.client_ip = d.client_ip"
-                    if policy.inbound_enforce else "")
-    via_cidr = ""
-    if with_ips:
-        via_cidr = """
-  UNION
-  SELECT c.msg_key, c.eid FROM cand c
-  JOIN ip_hits h ON h.client_ip = c.client_ip AND h.eid = c.eid AND h.role = 'via'"""
+        inbound_join = "LEFT JOIN relay_ips ri ON ri.client_ip = d.client_ip"
+    after_forgery = "CASE WHEN d.category IN ('phishing', 'spam') THEN d.category ELSE 'clean' END"
 
     return f"""
 WITH
@@ -398,7 +413,7 @@ prm AS (SELECT * FROM {n['params']}),
 live AS (  -- expired entries are ignored (valid through `expires` inclusive)
   SELECT e.* FROM {n['entries']} e WHERE e.expires IS NULL OR e.expires >= (SELECT now_date FROM prm)
 ),
-d AS (  -- derived facts per message (docs/rules.md "Derived facts")
+d AS NOT MATERIALIZED (  -- derived facts per message (docs/rules.md "Derived facts"); each use reads only its columns
   SELECT t.dataset, t.msg_key, t.envelope_from, t.header_from, t.envelope_from_domain,
          t.header_from_domain, t.client_ip, t.dkim, t.bulk_provider, t.category,
          t.header_from_org, t.dmarc, t.dmarc_policy,
@@ -424,74 +439,78 @@ dom_hits AS (  -- generated suffixes + equi-join: X matches D when X = D or X en
   ) s JOIN live e ON e.kind = 'domain' AND e.value = s.sfx AND (s.sfx = s.v OR e.subdomains)
 ),
 senders AS (SELECT eid, value FROM live WHERE kind = 'sender'),{ip_ctes}
+probe AS (  -- one narrow pass: the five identity fields against the small hit tables
+  SELECT m.dataset, m.msg_key, m.client_ip,
+         [{{'field': 'envelope_from', 'eid': s1.eid}}, {{'field': 'header_from', 'eid': s2.eid}},
+          {{'field': 'envelope_from_domain', 'eid': h1.eid}}, {{'field': 'header_from_domain', 'eid': h2.eid}},
+          {{'field': 'client_ip', 'eid': {ip_eid}}}] AS found
+  FROM d m
+  LEFT JOIN senders s1 ON s1.value = m.envelope_from
+  LEFT JOIN senders s2 ON s2.value = m.header_from
+  LEFT JOIN dom_hits h1 ON h1.v = m.envelope_from_domain
+  LEFT JOIN dom_hits h2 ON h2.v = m.header_from_domain
+  {ip_join}
+  WHERE coalesce(s1.eid, s2.eid, h1.eid, h2.eid, {ip_eid}) IS NOT NULL
+),
 cand AS (  -- (message, field, entry) where the field's value matches the entry's value
-  SELECT d.*, 'envelope_from' AS field, e.eid FROM d JOIN senders e ON e.value = d.envelope_from
-  UNION ALL
-  SELECT d.*, 'header_from' AS field, e.eid FROM d JOIN senders e ON e.value = d.header_from
-  UNION ALL
-  SELECT d.*, 'envelope_from_domain' AS field, h.eid FROM d JOIN dom_hits h ON h.v = d.envelope_from_domain
-  UNION ALL
-  SELECT d.*, 'header_from_domain' AS field, h.eid FROM d JOIN dom_hits h ON h.v = d.header_from_domain{ip_branch}
+  SELECT DISTINCT dataset, msg_key, client_ip, f.field, f.eid
+  FROM (SELECT dataset, msg_key, client_ip, unnest(found) AS f FROM probe)
+  WHERE f.eid IS NOT NULL
 ),
-via_ok AS (  -- pairs whose infrastructure side is authenticated for that message
-  SELECT c.msg_key, c.eid FROM cand c JOIN {n['via_checks']} x ON x.eid = c.eid
-  WHERE {_check_case('x')}{via_cidr}
+via_lists AS (  -- each pair's infrastructure suffixes, one list per check token
+  SELECT eid, {", ".join(f"list(suffix) FILTER (WHERE check_kind = '{k}') AS {k}" for k in _CHECKS)}
+  FROM {n['via_checks']} GROUP BY eid
 ),
-hits AS (
-  SELECT c.dataset, c.msg_key, e.list, e.scope_kind, e.scope_value,
-         {{'ord': e.ord, 'id': e.id, 'describe': e.describe}} AS hit
+cand_lists AS (  -- per message with any candidate: the entries, their gate and via evidence
+  SELECT c.dataset, c.msg_key,
+    list({{'ord': e.ord, 'list': e.list, 'scope_kind': e.scope_kind, 'scope_value': e.scope_value,
+          'id': e.id, 'describe': e.describe, 'gate': p.gate, 'via_cidr': {via_cidr},
+          {", ".join(f"'{k}': vl.{k}" for k in _CHECKS)}}}) AS cands
   FROM cand c
   JOIN live e ON e.eid = c.eid
   JOIN {n['probes']} p ON p.list = e.list AND p.kind = e.kind AND p.field = c.field
    AND (p.gate = 'via') = (e.via_kind IS NOT NULL)
-  LEFT JOIN (SELECT DISTINCT msg_key, eid FROM via_ok) v ON v.msg_key = c.msg_key AND v.eid = c.eid
-  WHERE CASE p.gate {gate_case} END
+  LEFT JOIN via_lists vl ON vl.eid = c.eid
+  {via_join}
+  GROUP BY ALL
 ),
-hit_g AS (
-  SELECT dataset, msg_key, min(hit) FILTER (WHERE list = 'block') AS b, min(hit) FILTER (WHERE list = 'allow') AS a
-  FROM hits WHERE scope_kind = 'global' GROUP BY ALL
+bulk_lists AS (  -- bulk_mailers with each provider's suffixes (for the `allow` exemption)
+  SELECT b.provider, b.policy,
+         {", ".join(f"list(x.suffix) FILTER (WHERE x.check_kind = '{k}') AS {k}" for k in _CHECKS)}
+  FROM {n['bulk']} b LEFT JOIN {n['provider_checks']} x ON x.provider = b.provider GROUP BY ALL
 ),
-hit_d AS (
-  SELECT dataset, msg_key, scope_value AS recipient_domain,
-         min(hit) FILTER (WHERE list = 'block') AS b, min(hit) FILTER (WHERE list = 'allow') AS a
-  FROM hits WHERE scope_kind = 'domain' GROUP BY ALL
-),
-hit_u AS (
-  SELECT dataset, msg_key, scope_value AS recipient,
-         min(hit) FILTER (WHERE list = 'block') AS b, min(hit) FILTER (WHERE list = 'allow') AS a
-  FROM hits WHERE scope_kind = 'user' GROUP BY ALL
-),
-exempt AS (  -- forgeries through a bulk_mailers `allow` network that is authenticated for them
-  SELECT DISTINCT c.dataset, c.msg_key
-  FROM (SELECT d.* FROM d JOIN {n['bulk']} b ON b.provider = d.bulk_provider AND b.policy = 'allow'
-        WHERE {_FORGERY[mode]}) c
-  JOIN {n['provider_checks']} x ON x.provider = c.bulk_provider
-  WHERE {_check_case('x')}
-),
-base AS (  -- the recipient-independent steps: 0, 1 before the lists, 4-7 after them
+msg AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits attached
   SELECT d.dataset, d.msg_key,
     CASE WHEN {inbound_expr} THEN 'inbound' WHEN d.category = 'malware' THEN 'malware' END AS pre,
     CASE WHEN b.policy = 'block' THEN 'bulk'
-         WHEN ({_FORGERY[mode]}) AND x.msg_key IS NULL THEN 'forgery'
-         WHEN d.category IN ('phishing', 'spam') THEN d.category
-         ELSE 'clean' END AS post,
-    d.bulk_provider, d.category AS msg_category, d.header_from_org, d.env_org, d.from_invalid, d.client_ip
+         WHEN {_FORGERY[mode]} THEN
+           CASE WHEN b.policy = 'allow' AND {_checks('b')} THEN {after_forgery} ELSE 'forgery' END
+         ELSE {after_forgery} END AS post,
+    CASE WHEN pre IS NULL AND cl.cands IS NOT NULL
+         THEN list_filter(cl.cands, lambda h: coalesce(CASE h.gate {gate_case} END, FALSE)) END AS hits,
+    CASE WHEN pre IS NOT NULL OR coalesce(len(hits), 0) = 0 THEN coalesce(pre, post) END AS fixed,
+    CASE coalesce(pre, post)  -- the evidence a reason names, only for the categories that name one
+      WHEN 'bulk' THEN d.bulk_provider
+      WHEN 'forgery' THEN CASE WHEN d.from_invalid
+         THEN 'the From header is missing, repeated or holds several mailboxes'
+         ELSE 'header From ' || coalesce(d.header_from_org, 'unknown') || ', envelope '
+              || coalesce(d.env_org, 'unknown') END
+      WHEN 'inbound' THEN coalesce(d.client_ip, 'no client IP') END AS detail,
+    d.bulk_provider
   FROM d
-  LEFT JOIN {n['bulk']} b ON b.provider = d.bulk_provider
-  LEFT JOIN exempt x ON x.dataset = d.dataset AND x.msg_key = d.msg_key
+  LEFT JOIN bulk_lists b ON b.provider = d.bulk_provider
+  LEFT JOIN cand_lists cl ON cl.dataset = d.dataset AND cl.msg_key = d.msg_key
   {inbound_join}
 ),
-per_rcpt AS (
-  SELECT r.dataset, r.msg_key, r.recipient, base.*  EXCLUDE (dataset, msg_key),
-         least(g.b, dh.b, uh.b) AS b, least(g.a, dh.a, uh.a) AS a
+per_rcpt AS (  -- the only per-recipient work: one join, and scopes only where a message has hits
+  SELECT r.dataset, r.msg_key, r.recipient, m.fixed, m.post, m.detail, m.bulk_provider,
+    CASE WHEN m.fixed IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'block' AND {_IN_SCOPE})) END AS b,
+    CASE WHEN m.fixed IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'allow' AND {_IN_SCOPE})) END AS a
   FROM (SELECT * FROM {recipients} t {ds_filter}) r
-  JOIN base ON base.dataset = r.dataset AND base.msg_key = r.msg_key
-  LEFT JOIN hit_g g ON g.dataset = r.dataset AND g.msg_key = r.msg_key
-  LEFT JOIN hit_d dh ON dh.dataset = r.dataset AND dh.msg_key = r.msg_key AND dh.recipient_domain = r.recipient_domain
-  LEFT JOIN hit_u uh ON uh.dataset = r.dataset AND uh.msg_key = r.msg_key AND uh.recipient = r.recipient
+  JOIN msg m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
 ),
 decided AS (
-  SELECT *, CASE WHEN pre IS NOT NULL THEN pre WHEN b IS NOT NULL THEN 'block'
+  SELECT *, CASE WHEN fixed IS NOT NULL THEN fixed WHEN b IS NOT NULL THEN 'block'
                  WHEN a IS NOT NULL THEN 'allow' ELSE post END AS decision
   FROM per_rcpt
 )
@@ -499,12 +518,9 @@ SELECT x.dataset, x.msg_key, x.recipient, act.action, x.decision AS category,
   CASE x.decision
     WHEN 'block' THEN act.reason || ' ' || x.b.describe
     WHEN 'allow' THEN act.reason || ' ' || x.a.describe
-    WHEN 'bulk' THEN act.reason || ' (' || x.bulk_provider || ')'
-    WHEN 'forgery' THEN act.reason || CASE WHEN x.from_invalid
-         THEN ': the From header is missing, repeated or holds several mailboxes'
-         ELSE ': header From ' || coalesce(x.header_from_org, 'unknown') || ', envelope '
-              || coalesce(x.env_org, 'unknown') END
-    WHEN 'inbound' THEN act.reason || ' (' || coalesce(x.client_ip, 'no client IP') || ')'
+    WHEN 'bulk' THEN act.reason || ' (' || x.detail || ')'
+    WHEN 'forgery' THEN act.reason || ': ' || x.detail
+    WHEN 'inbound' THEN act.reason || ' (' || x.detail || ')'
     ELSE act.reason END AS reason,
   CASE x.decision
     WHEN 'block' THEN x.b.id
