@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import time
@@ -67,13 +68,21 @@ def _process(args: tuple[list[str], str, str | None, TrustConfig]) -> ArrowBatch
     every message yields a row or an error row, in file order."""
     paths, dataset, label, trust = args
     batch = Batch(files=len(paths))
-    for path in paths:
-        for u in units_of_file(Path(path), keep_data=True):
-            if isinstance(u, ReadFailure):
-                batch.error(dataset, u.source, u.position, u.error, u.detail)
-                continue
-            _process_unit(u, dataset, label, trust, batch)
-    return batch.to_arrow()
+    # Extraction makes millions of short-lived tuples and no reference cycles: the cyclic
+    # collector only rescans them (a fifth of the CPU time when measured).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for path in paths:
+            for u in units_of_file(Path(path), keep_data=True):
+                if isinstance(u, ReadFailure):
+                    batch.error(dataset, u.source, u.position, u.error, u.detail)
+                    continue
+                _process_unit(u, dataset, label, trust, batch)
+        return batch.to_arrow()
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _process_unit(u: Unit, dataset: str, label: str | None, trust: TrustConfig, batch: Batch) -> None:
@@ -276,8 +285,6 @@ def _pool(jobs: int):
     """Worker pool started by fork: workers inherit the imported modules (pyarrow, pandas,
     the catalog), so they start in milliseconds instead of re-importing for a second or
     more. They never touch DuckDB, whose threads a fork does not copy."""
-    import gc
-
     import pandas  # noqa: F401 - pyarrow imports it on first use; do it once, before forking
 
     # Objects that exist now are never collected in the workers: the GC must not write to
