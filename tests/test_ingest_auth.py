@@ -187,3 +187,10 @@ def test_trusted_results_equal_the_results_of_the_header_they_came_from(corpus):
                 (_props(r).get("header.d") or "").lower() or None for r in by["dkim"]], path.name
         checked += 1
     assert checked > 300
+
+
+def test_a_two_label_receiver_id_does_not_claim_every_host_of_that_domain():
+    trust = TrustConfig(authserv_ids=frozenset({"google.com", "protection.outlook.com"}))
+    assert trust.writes_hop("abc.mail.protection.outlook.com")
+    assert not trust.writes_hop("mail-sor-f41.google.com")
+    assert trust.writes_hop("google.com")

@@ -61,12 +61,15 @@ class TrustConfig:
         return any(org_domain(i) == org for i in self.authserv_ids if i != NO_AUTHSERV_ID and "." in i)
 
     def writes_hop(self, by_host: str | None) -> bool:
-        """A Received field's by-host belongs to a trusted authserv-id (equal or a subdomain:
-        Microsoft stamps receiver=protection.outlook.com, its edge is *.mail.protection.outlook.com)."""
+        """A Received field's by-host belongs to a trusted authserv-id: equal, or a subdomain of
+        an id of three or more labels (Microsoft stamps receiver=protection.outlook.com, its edge
+        is *.mail.protection.outlook.com). A two-label id such as google.com (Google's
+        Received-SPF receiver) does not cover every host of that company: Google's outbound
+        relays also write Received fields, on the sender's side."""
         if not by_host:
             return False
         for i in self.authserv_ids:
-            if by_host == i or by_host.endswith("." + i):
+            if by_host == i or (i.count(".") >= 2 and by_host.endswith("." + i)):
                 return True
         return False
 
