@@ -489,3 +489,11 @@ def test_a_database_with_an_older_messages_table_gives_a_clear_error(tmp_path):
     with pytest.raises(EdrulesError) as err:
         ingest_paths(con, [write(tmp_path / "a.eml", msg(1))], jobs=1)
     assert "older edrules" in str(err.value)
+
+
+def test_progress_true_draws_a_progress_bar_on_stderr(tmp_path, capfd):
+    for n in range(3):
+        write(tmp_path / f"{n}.eml", msg(n))
+    ingest_paths(duckdb.connect(), [tmp_path], jobs=1, progress=True)
+    err = capfd.readouterr().err
+    assert "/3 [" in err and "file/s" in err  # tqdm over the 3 files
