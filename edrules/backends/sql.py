@@ -345,6 +345,20 @@ _IN_SCOPE = ("(h.scope_kind = 'global' OR (h.scope_kind = 'domain' AND h.scope_v
              " OR (h.scope_kind = 'user' AND h.scope_value = r.recipient))")
 
 
+def _reason(decision: str, b: str, a: str, detail: str) -> str:
+    """SQL: the reason text; `act` is the joined actions row (its reason is the template)."""
+    return (f"CASE {decision} WHEN 'block' THEN act.reason || ' ' || {b}.describe "
+            f"WHEN 'allow' THEN act.reason || ' ' || {a}.describe "
+            f"WHEN 'forgery' THEN act.reason || ': ' || {detail} "
+            f"WHEN 'bulk' THEN act.reason || ' (' || {detail} || ')' "
+            f"WHEN 'inbound' THEN act.reason || ' (' || {detail} || ')' ELSE act.reason END")
+
+
+def _rule_id(decision: str, b: str, a: str, provider: str) -> str:
+    return (f"CASE {decision} WHEN 'block' THEN {b}.id WHEN 'allow' THEN {a}.id "
+            f"WHEN 'bulk' THEN 'bulk:' || {provider} ELSE act.rule_id END")
+
+
 def _needs_ips(policy: Policy) -> bool:
     return bool(policy.inbound_enforce or policy.inbound_relays
                 or any(e.kind is EntryKind.IP or (e.via is not None and e.via.kind is ViaKind.CIDR)
@@ -378,13 +392,16 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
     inbound_expr = "FALSE"
     if with_ips:
         ip_ctes = f"""
+ip_values AS MATERIALIZED (  -- materialised: the regex below then runs once per distinct address
+  SELECT DISTINCT client_ip FROM d
+),
 ip_keys AS MATERIALIZED (  -- each distinct client IP masked to every prefix length in use
   SELECT i.client_ip, i.family, k.plen, i.hi & k.hi_mask AS m_hi, i.lo & k.lo_mask AS m_lo
   FROM (
     SELECT client_ip, 4::TINYINT AS family, 0::UBIGINT AS hi,
       (split_part(client_ip, '.', 1)::UBIGINT << 24) + (split_part(client_ip, '.', 2)::UBIGINT << 16)
       + (split_part(client_ip, '.', 3)::UBIGINT << 8) + split_part(client_ip, '.', 4)::UBIGINT AS lo
-    FROM (SELECT DISTINCT client_ip FROM d) WHERE regexp_full_match(client_ip, '{_V4_RE}')
+    FROM ip_values WHERE regexp_full_match(client_ip, '{_V4_RE}')
     UNION ALL
     SELECT client_ip, family, hi, lo FROM {n['ips']}
   ) i JOIN {n['masks']} k ON k.family = i.family
@@ -479,7 +496,7 @@ bulk_lists AS (  -- bulk_mailers with each provider's suffixes (for the `allow` 
          {", ".join(f"list(x.suffix) FILTER (WHERE x.check_kind = '{k}') AS {k}" for k in _CHECKS)}
   FROM {n['bulk']} b LEFT JOIN {n['provider_checks']} x ON x.provider = b.provider GROUP BY ALL
 ),
-msg AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits attached
+m0 AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits attached
   SELECT d.dataset, d.msg_key,
     CASE WHEN {inbound_expr} THEN 'inbound' WHEN d.category = 'malware' THEN 'malware' END AS pre,
     CASE WHEN b.policy = 'block' THEN 'bulk'
@@ -488,46 +505,53 @@ msg AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hit
          ELSE {after_forgery} END AS post,
     CASE WHEN pre IS NULL AND cl.cands IS NOT NULL
          THEN list_filter(cl.cands, lambda h: coalesce(CASE h.gate {gate_case} END, FALSE)) END AS hits,
-    CASE WHEN pre IS NOT NULL OR coalesce(len(hits), 0) = 0 THEN coalesce(pre, post) END AS fixed,
-    CASE coalesce(pre, post)  -- the evidence a reason names, only for the categories that name one
-      WHEN 'bulk' THEN d.bulk_provider
-      WHEN 'forgery' THEN CASE WHEN d.from_invalid
-         THEN 'the From header is missing, repeated or holds several mailboxes'
-         ELSE 'header From ' || coalesce(d.header_from_org, 'unknown') || ', envelope '
-              || coalesce(d.env_org, 'unknown') END
-      WHEN 'inbound' THEN coalesce(d.client_ip, 'no client IP') END AS detail,
-    d.bulk_provider
+    list_min(list_filter(hits, lambda h: h.list = 'block' AND h.scope_kind = 'global')) AS gb,
+    list_min(list_filter(hits, lambda h: h.list = 'allow' AND h.scope_kind = 'global')) AS ga,
+    d.bulk_provider, d.from_invalid, d.header_from_org, d.env_org, d.client_ip
   FROM d
   LEFT JOIN bulk_lists b ON b.provider = d.bulk_provider
   LEFT JOIN cand_lists cl ON cl.dataset = d.dataset AND cl.msg_key = d.msg_key
   {inbound_join}
 ),
-per_rcpt AS (  -- the only per-recipient work: one join, and scopes only where a message has hits
-  SELECT r.dataset, r.msg_key, r.recipient, m.fixed, m.post, m.detail, m.bulk_provider,
-    CASE WHEN m.fixed IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'block' AND {_IN_SCOPE})) END AS b,
-    CASE WHEN m.fixed IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'allow' AND {_IN_SCOPE})) END AS a
-  FROM (SELECT * FROM {recipients} t {ds_filter}) r
-  JOIN msg m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
+msg AS (
+  SELECT m0.*,
+    -- A scoped hit earlier in file order than the global ones makes the answer per recipient.
+    coalesce(len(list_filter(hits, lambda h: h.scope_kind <> 'global'
+      AND (h.list = 'block' OR gb IS NULL) AND h.ord < coalesce(CASE h.list WHEN 'block' THEN m0.gb.ord ELSE m0.ga.ord END, 2147483647))) > 0,
+      FALSE) AS scoped,
+    CASE WHEN pre IS NOT NULL THEN pre WHEN scoped THEN NULL WHEN gb IS NOT NULL THEN 'block'
+         WHEN ga IS NOT NULL THEN 'allow' ELSE post END AS decision,
+    CASE coalesce(decision, post)  -- the evidence a reason names, only for the categories that name one
+      WHEN 'bulk' THEN bulk_provider
+      WHEN 'forgery' THEN CASE WHEN from_invalid
+         THEN 'the From header is missing, repeated or holds several mailboxes'
+         ELSE 'header From ' || coalesce(header_from_org, 'unknown') || ', envelope '
+              || coalesce(env_org, 'unknown') END
+      WHEN 'inbound' THEN coalesce(client_ip, 'no client IP') END AS detail
+  FROM m0
 ),
-decided AS (
-  SELECT *, CASE WHEN fixed IS NOT NULL THEN fixed WHEN b IS NOT NULL THEN 'block'
-                 WHEN a IS NOT NULL THEN 'allow' ELSE post END AS decision
-  FROM per_rcpt
+verdicts AS (  -- decided per message: most messages, whatever their recipients
+  SELECT m.dataset, m.msg_key, act.action, m.decision AS category,
+    {_reason("m.decision", "m.gb", "m.ga", "m.detail")} AS reason,
+    {_rule_id("m.decision", "m.gb", "m.ga", "m.bulk_provider")} AS rule_id
+  FROM msg m JOIN {n['actions']} act ON act.category = m.decision
+),
+scoped AS (  -- per recipient, only for the rare messages whose hits depend on the recipient
+  SELECT r.dataset, r.msg_key, r.recipient, m.post, m.detail, m.bulk_provider,
+    list_min(list_filter(m.hits, lambda h: h.list = 'block' AND {_IN_SCOPE})) AS b,
+    list_min(list_filter(m.hits, lambda h: h.list = 'allow' AND {_IN_SCOPE})) AS a
+  FROM (SELECT * FROM {recipients} t {ds_filter}) r
+  JOIN (SELECT * FROM msg WHERE decision IS NULL) m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
 )
+SELECT r.dataset, r.msg_key, r.recipient, v.action, v.category, v.reason, v.rule_id
+FROM (SELECT * FROM {recipients} t {ds_filter}) r
+JOIN verdicts v ON v.dataset = r.dataset AND v.msg_key = r.msg_key
+UNION ALL
 SELECT x.dataset, x.msg_key, x.recipient, act.action, x.decision AS category,
-  CASE x.decision
-    WHEN 'block' THEN act.reason || ' ' || x.b.describe
-    WHEN 'allow' THEN act.reason || ' ' || x.a.describe
-    WHEN 'bulk' THEN act.reason || ' (' || x.detail || ')'
-    WHEN 'forgery' THEN act.reason || ': ' || x.detail
-    WHEN 'inbound' THEN act.reason || ' (' || x.detail || ')'
-    ELSE act.reason END AS reason,
-  CASE x.decision
-    WHEN 'block' THEN x.b.id
-    WHEN 'allow' THEN x.a.id
-    WHEN 'bulk' THEN 'bulk:' || x.bulk_provider
-    ELSE act.rule_id END AS rule_id
-FROM decided x
+  {_reason("x.decision", "x.b", "x.a", "x.detail")} AS reason,
+  {_rule_id("x.decision", "x.b", "x.a", "x.bulk_provider")} AS rule_id
+FROM (SELECT *, CASE WHEN b IS NOT NULL THEN 'block' WHEN a IS NOT NULL THEN 'allow' ELSE post END AS decision
+      FROM scoped) x
 JOIN {n['actions']} act ON act.category = x.decision
 """
 
