@@ -105,10 +105,10 @@ def run_year(rows: int, policy) -> dict:
     con = connect()
     msgs = f"read_parquet('{out}/messages/*.parquet')"
     rcpts = f"read_parquet('{out}/recipients/*.parquet')"
-    t = time.perf_counter()
     verdicts = DATA / "year-verdicts.parquet"
     res = measure(con, policy, messages=msgs, recipients=rcpts, repeat=1, copy_to=verdicts)
-    res["end_to_end_s"] = time.perf_counter() - t
+    # Parquet in -> verdict Parquet out: policy tables + distinct IPv6 scan, then the COPY.
+    res["end_to_end_s"] = res["register_s"] + res["copy_s"]
     res["messages"] = con.execute(f"SELECT count(*) FROM {msgs}").fetchall()[0][0]
     res["parquet_gb"] = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 1e9
     res["verdicts_gb"] = verdicts.stat().st_size / 1e9
@@ -131,7 +131,8 @@ def report(results: dict[str, dict], entries: int) -> str:
         "Times are seconds, best of 2 (the year: one run). *bare* = scan of recipients joined to messages "
         "and to the entry table (`BARE_SQL`) in the same run; *SQL backend* = the full per-recipient "
         "verdict query (`verdict_sql`), aggregated by action x category inside DuckDB; *tables* = "
-        "policy -> Arrow tables + distinct client IPs (once per pack and dataset).",
+        "policy -> Arrow tables + distinct IPv6 client IPs (once per pack and dataset); *to Parquet* = the same "
+        "query writing every verdict row (reason text included) with COPY; *end to end* = tables + to Parquet.",
         "",
         "| recipient rows | messages | tables | bare scan+join | SQL backend | ratio | to Parquet | end to end |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

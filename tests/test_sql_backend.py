@@ -344,7 +344,14 @@ def test_the_sql_round_trips_through_sqlglot_and_transpiles_to_spark(con):
         again = sqlglot.transpile(sql, read="duckdb", write="duckdb")[0]
         assert sorted(con.sql(again).fetchall()) == direct
     spark = sqlglot.transpile(verdict_sql(pol), read="duckdb", write="spark")[0]
-    assert "JOIN" in spark and "hash" not in spark.lower()
+    assert "JOIN" in spark
+    # Without CIDRs Spark's own grammar accepts the result; CIDR keys are UBIGINT halves, a type
+    # Spark lacks (a known gap, see docs/benchmarks.md "Rules: SQL backend").
+    no_ips = replace(pol, inbound_enforce=False, inbound_relays=(),
+                     block=tuple(e for e in pol.block if e.kind is not EntryKind.IP),
+                     allow=tuple(e for e in pol.allow if e.via is None or e.via.kind is not ViaKind.CIDR))
+    spark = sqlglot.transpile(verdict_sql(no_ips), read="duckdb", write="spark")[0]
+    assert sqlglot.parse_one(spark, read="spark") is not None
     assert len(direct) == 5
 
 

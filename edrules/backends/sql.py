@@ -530,31 +530,28 @@ msg AS (
       WHEN 'inbound' THEN coalesce(client_ip, 'no client IP') END AS detail
   FROM m0
 ),
-verdicts AS (  -- decided per message (most); for the rare scoped ones, the verdict without an entry
-  SELECT m.dataset, m.msg_key, m.decision, m.post, m.hits, act.action,
-    {_reason("m.decision", "m.gb", "m.ga", "m.detail")} AS reason,
-    {_rule_id("coalesce(m.decision, m.post)", "m.gb", "m.ga", "m.bulk_provider")} AS rule_id
-  FROM msg m JOIN {n['actions']} act ON act.category = coalesce(m.decision, m.post)
-),
 per_rcpt AS (  -- one join; the lambdas only run for recipients of messages with scoped hits
-  SELECT r.dataset, r.msg_key, r.recipient, v.decision, v.post, v.action, v.reason, v.rule_id,
-    CASE WHEN v.decision IS NULL THEN list_min(list_filter(v.hits, lambda h: h.list = 'block' AND {_IN_SCOPE})) END AS b,
-    CASE WHEN v.decision IS NULL THEN list_min(list_filter(v.hits, lambda h: h.list = 'allow' AND {_IN_SCOPE})) END AS a
+  SELECT r.dataset, r.msg_key, r.recipient, m.decision, m.post, m.detail, m.bulk_provider,
+    CASE WHEN m.decision IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'block' AND {_IN_SCOPE})) END AS b,
+    CASE WHEN m.decision IS NULL THEN list_min(list_filter(m.hits, lambda h: h.list = 'allow' AND {_IN_SCOPE})) END AS a,
+    CASE m.decision WHEN 'block' THEN m.gb WHEN 'allow' THEN m.ga END AS g
   FROM (SELECT * FROM {recipients} t {ds_filter}) r
-  JOIN verdicts v ON v.dataset = r.dataset AND v.msg_key = r.msg_key
+  JOIN msg m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
+),
+decided AS (
+  SELECT dataset, msg_key, recipient, detail, bulk_provider,
+    CASE WHEN decision IS NOT NULL THEN decision WHEN b IS NOT NULL THEN 'block'
+         WHEN a IS NOT NULL THEN 'allow' ELSE post END AS category,
+    coalesce(g, b, a) AS hit
+  FROM per_rcpt
 )
-SELECT dataset, msg_key, recipient,
-  CASE WHEN decision IS NOT NULL OR (b IS NULL AND a IS NULL) THEN action
-       WHEN b IS NOT NULL THEN (SELECT action FROM {n['actions']} WHERE category = 'block')
-       ELSE (SELECT action FROM {n['actions']} WHERE category = 'allow') END AS action,
-  CASE WHEN decision IS NOT NULL THEN decision WHEN b IS NOT NULL THEN 'block'
-       WHEN a IS NOT NULL THEN 'allow' ELSE post END AS category,
-  CASE WHEN decision IS NOT NULL OR (b IS NULL AND a IS NULL) THEN reason
-       WHEN b IS NOT NULL THEN (SELECT reason FROM {n['actions']} WHERE category = 'block') || ' ' || b.describe
-       ELSE (SELECT reason FROM {n['actions']} WHERE category = 'allow') || ' ' || a.describe END AS reason,
-  CASE WHEN decision IS NOT NULL OR (b IS NULL AND a IS NULL) THEN rule_id
-       WHEN b IS NOT NULL THEN b.id ELSE a.id END AS rule_id
-FROM per_rcpt
+-- Texts are put together here, per row, from short parts: carrying finished reasons through
+-- the join would put gigabytes of strings in its hash table.
+SELECT x.dataset, x.msg_key, x.recipient, act.action, x.category,
+  {_reason("x.category", "x.hit", "x.hit", "x.detail")} AS reason,
+  {_rule_id("x.category", "x.hit", "x.hit", "x.bulk_provider")} AS rule_id
+FROM decided x
+JOIN {n['actions']} act ON act.category = x.category
 """
 
 
