@@ -140,13 +140,46 @@ def report(results: dict[str, dict], entries: int) -> str:
     for name, r in results.items():
         lines.append(
             f"| {r['rows']:,} ({name.split()[0]}{' table' if 'file' in name else ''}) | {r['messages']:,} | {r['register_s']:.2f} | {r['bare_s']:.2f} | "
-            f"{r['sql_s']:.2f} | {r['ratio']:.2f}x | {r.get('copy_s', float('nan')):.1f} | "
-            f"{r.get('end_to_end_s', float('nan')):.1f} |"
+            f"{r['sql_s']:.2f} | {r['ratio']:.2f}x | {_opt(r.get('copy_s'))} | {_opt(r.get('end_to_end_s'))} |"
         )
     last = list(results.values())[-1]
     lines += ["", "Verdicts of the largest run (recipients): " + ", ".join(
-        f"{a}/{c} {n:,}" for a, c, n in last["counts"]) + "."]
+        f"{a}/{c} {n:,}" for a, c, n in last["counts"]) + ".", "", ANALYSIS]
     return "\n".join(lines) + "\n"
+
+
+# Written from profiles taken on 2026-11-28 (DuckDB JSON profiling, `SET profiling_mode = 'detailed'`);
+# kept with the code so a re-run keeps the explanation next to fresh numbers.
+ANALYSIS = """Targets (issue 3): SQL <= 3x the bare scan+join, and the 100M-row year in <= 60 s.
+
+- **The year: met for evaluation, not for writing every row.** Reading the Parquet year, deciding
+  all 100M recipients and counting them by action x category (what `edrules evaluate` prints)
+  took 47 s plus 2 s of policy tables. Writing all 100M verdict rows with their reason text to
+  Parquet took 232 s: on 2 of the 16 slices, verdicts counted 6 s, counted with the reason text
+  built 16 s, COPY without the reason 24 s, and COPY with it 27 s. The row-by-row reason strings
+  and the Parquet writer for 100M rows of six text columns are the gap, not the rule logic.
+  `--out` is for what-if slices, and the whole-year answer is the summary.
+- **Ratio 4.6-7x, not 3x: the baseline reads 3 columns, the rules read 18.** The bare query
+  joins recipients to messages and reads `envelope_from`. The same join reading every fact column
+  the rules use (both From sides, envelope, HELO, client IP, SPF, DKIM list, DMARC and policy,
+  bulk provider, category) took 5.6 s against 0.9 s bare at 10M rows (measured in one run, under
+  load). That alone is 6x, before any rule runs, and the SQL backend costs about that.
+  CPU profile at 10M rows: recipient⋈message join 18%, the per-message decision pass 18%
+  (projection) + 16% (its two scans), distinct sender domains for the suffix join 6%,
+  per-recipient projection 5%, IPv4 text check 3%. The 100k entries cost little: all hit
+  tables are hash joins with small build sides (the EXPLAIN shows no nested-loop join).
+- **Shape that got here:** the first version materialised a per-message facts CTE (32M rows
+  with DKIM lists). It spilled and took 355 s on the year. The query now streams: narrow passes
+  for distinct domains and IPs, one probe of the five identity fields against the hit tables,
+  one decision pass per message that attaches its rare gated hits as a list, and one join of the
+  recipients. Only recipients of messages with scoped hits evaluate scopes.
+- Not done: msg_key here is 16 hex digits. Ingest writes 64 (sha256), which makes the big join
+  heavier; this was not measured. Transpiled to Spark, the CIDR keys (UBIGINT halves) have no
+  Spark type: they would need DECIMAL(20,0) or an offset BIGINT."""
+
+
+def _opt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
 
 
 def write_docs(text: str) -> None:
