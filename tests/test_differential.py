@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
