@@ -24,28 +24,6 @@ def _parse_now(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def runtime_table(con, policy, *, now: datetime | None = None, dataset: str | None = None):
-    """Verdicts of the runtime backend over a dataset, in the SQL backend's columns."""
-    import pyarrow as pa
-
-    from edrules.backends.runtime import RuntimeEvaluator
-    from edrules.backends.sql import VERDICT_COLUMNS
-    from edrules.ingest import read_facts
-
-    evaluator = RuntimeEvaluator(policy)
-    rows: dict[str, list] = {c: [] for c in VERDICT_COLUMNS}
-    for facts in read_facts(con, dataset=dataset):
-        for v in evaluator.evaluate(facts, now=now):
-            rows["dataset"].append(facts.dataset)
-            rows["msg_key"].append(facts.msg_key)
-            rows["recipient"].append(v.recipient)
-            rows["action"].append(str(v.action))
-            rows["category"].append(v.category)
-            rows["reason"].append(v.reason)
-            rows["rule_id"].append(v.rule_id)
-    return pa.table({c: pa.array(rows[c], pa.string()) for c in VERDICT_COLUMNS})
-
-
 def format_counts(counts: list[tuple[str, str, int]]) -> str:
     """Plain-text table of (action, category, recipients), largest first, with a total."""
     rows = sorted(counts, key=lambda r: (-r[2], r[0], r[1]))
@@ -98,6 +76,8 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
             else:
                 counts = verdict_counts(con, pack.policy, now=now, dataset=dataset)
         else:
+            from edrules.backends.replay import runtime_table
+
             table = runtime_table(con, pack.policy, now=now, dataset=dataset)
             if out_path:
                 import pyarrow.parquet as pq

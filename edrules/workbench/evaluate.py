@@ -6,13 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 
 import duckdb
-import pyarrow as pa
 
+from edrules.backends.sql import VERDICT_COLUMNS
 from edrules.rules.model import Policy
-
-VERDICT_COLUMNS = ("dataset", "msg_key", "recipient", "action", "category", "reason", "rule_id")
-
-VERDICT_SCHEMA = pa.schema([(name, pa.string()) for name in VERDICT_COLUMNS])
 
 
 class Backend(StrEnum):
@@ -37,30 +33,12 @@ def materialize(con: duckdb.DuckDBPyConnection, policy: Policy, table: str, *, n
         with registered(con, policy, now=now, dataset=dataset) as sql:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {cols} FROM ({sql})")
     else:
-        arrow = runtime_verdicts(con, policy, now=now, dataset=dataset)
+        from edrules.backends.replay import runtime_table
+
+        arrow = runtime_table(con, policy, now=now, dataset=dataset)
         con.register("_wb_runtime", arrow)
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {cols} FROM _wb_runtime")
         finally:
             con.unregister("_wb_runtime")
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-
-
-def runtime_verdicts(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datetime,
-                     dataset: str | None) -> pa.Table:
-    """Verdicts from the gateway's in-memory evaluator, one message at a time."""
-    from edrules.backends.runtime import RuntimeEvaluator
-    from edrules.ingest import read_facts
-
-    evaluator = RuntimeEvaluator(policy)
-    rows: dict[str, list] = {name: [] for name in VERDICT_COLUMNS}
-    for facts in read_facts(con, dataset=dataset):
-        for v in evaluator.evaluate(facts, now):
-            rows["dataset"].append(facts.dataset)
-            rows["msg_key"].append(facts.msg_key)
-            rows["recipient"].append(v.recipient)
-            rows["action"].append(str(v.action))
-            rows["category"].append(v.category)
-            rows["reason"].append(v.reason)
-            rows["rule_id"].append(v.rule_id)
-    return pa.table(rows, schema=VERDICT_SCHEMA)

@@ -151,7 +151,7 @@ class WhatIf:
 def compute_whatif(con: duckdb.DuckDBPyConnection, before: str, after: str, *,
                    before_name: str, after_name: str,
                    include_rule_changes: bool = False) -> WhatIf:
-    """Diff two verdict temp tables (evaluate.VERDICT_COLUMNS) in DuckDB; only changes leave it."""
+    """Diff two verdict temp tables (backends.sql.VERDICT_COLUMNS) in DuckDB; only changes leave it."""
     facts = install_facts_view(con)
     rule_clause = "OR b.rule_id IS DISTINCT FROM a.rule_id" if include_rule_changes else ""
     con.execute(_CHANGED_SQL.format(before=before, after=after, rule_clause=rule_clause))
