@@ -7,6 +7,7 @@ stays fast and the gateway never imports the analyst stack.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -71,6 +72,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not a user error: say so briefly, keep the trace on demand
+        if os.environ.get("EDRULES_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("this is a bug in edrules; rerun with EDRULES_DEBUG=1 for the traceback", err=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":

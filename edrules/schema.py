@@ -89,3 +89,15 @@ ALL_DDL = (MESSAGES_DDL, RECIPIENTS_DDL, RECEIVED_HOPS_DDL, HEADERS_DDL, INGEST_
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for ddl in ALL_DDL:
         con.execute(ddl)
+
+
+def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Refuse a DuckDB file that is not an edrules dataset, with what to do about it."""
+    from edrules.errors import EdrulesError, Location
+
+    have = {row[0] for row in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    missing = [t for t in ("messages", "recipients") if t not in have]
+    if missing:
+        raise EdrulesError(f"not an edrules dataset (no {' or '.join(missing)} table): "
+                           "run `edrules ingest --db FILE PATH...` first", Location(path))

@@ -39,3 +39,23 @@ def test_an_explicit_nonzero_exit_code_of_a_command_reaches_the_shell(tmp_path):
     zone.write_text("$ORIGIN broken.example.\n@ IN TXT \"v=spf1 +all\"\n")
     result = _edrules("dns-check", "broken.example", "--zone", str(zone))
     assert result.returncode == 1, result.stdout.decode() + result.stderr.decode()
+
+
+def test_evaluate_and_whatif_refuse_a_duckdb_file_that_is_not_a_dataset(tmp_path):
+    import duckdb
+
+    from edrules.pack import build_pack, write_pack
+    from edrules.rules.parse import parse_rules
+
+    db = tmp_path / "other.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE unrelated (x INTEGER)")
+    pack = tmp_path / "p.json"
+    write_pack(build_pack(parse_rules("name: p\n"), source_bytes=b"name: p\n"), pack)
+    for args in (["evaluate", "--db", str(db), "--pack", str(pack), "--allow-unsigned"],
+                 ["whatif", "--db", str(db), "--pack", str(pack), "--pack", str(pack)]):
+        result = _edrules(*args)
+        err = result.stderr.decode()
+        assert result.returncode == 2, err
+        assert "not an edrules dataset" in err and str(db) in err
+        assert "Traceback" not in err

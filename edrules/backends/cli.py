@@ -59,6 +59,7 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
 
     from edrules.backends.sql import copy_verdicts, verdict_counts
     from edrules.pack import load_pack
+    from edrules.schema import require_dataset
 
     now = _parse_now(now_text)
     pack = load_pack(pack_path, pubkey_path=pubkey, allow_unsigned=allow_unsigned)
@@ -66,6 +67,7 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
         raise EdrulesError("no such dataset file", Location(db_path))
     con = duckdb.connect(db_path, read_only=True)
     try:
+        require_dataset(con, db_path)
         if backend == "sql":
             if out_path:
                 copy_verdicts(con, pack.policy, out_path, now=now, dataset=dataset)

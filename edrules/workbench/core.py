@@ -14,6 +14,7 @@ import pandas as pd
 from edrules.errors import EdrulesError, Location
 from edrules.pack import LoadedPack
 from edrules.rules.model import Policy
+from edrules.schema import require_dataset
 from edrules.workbench import traffic
 from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
@@ -82,6 +83,13 @@ class Workbench:
                 raise EdrulesError("no dataset here: run `edrules demo` or Workbench.load(paths)",
                                    Location(str(self.db)))
             self._con = duckdb.connect(str(self.db), read_only=self.read_only)
+            if self.read_only:
+                try:
+                    require_dataset(self._con, str(self.db))
+                except EdrulesError:
+                    self._con.close()
+                    self._con = None
+                    raise
             install_facts_view(self._con)
         return self._con
 
