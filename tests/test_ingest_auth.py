@@ -194,3 +194,23 @@ def test_a_two_label_receiver_id_does_not_claim_every_host_of_that_domain():
     assert trust.writes_hop("abc.mail.protection.outlook.com")
     assert not trust.writes_hop("mail-sor-f41.google.com")
     assert trust.writes_hop("google.com")
+
+
+def test_an_address_literal_helo_does_not_become_the_client_ip():
+    # RFC 5321 lets a client EHLO with any address literal; the MTA writes it as the leading
+    # token and the real peer address in the comment. Believing the literal would let anyone
+    # pass `ip:` allow entries and inbound.enforce by announcing a listed address.
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.rules.parse import parse_rules
+
+    policy = parse_rules("allow:\n  - ip: 192.0.2.10\n    id: partner-relay\n")
+    hops = {
+        "postfix": b"Received: from [192.0.2.10] (unknown [203.0.113.9]) by mx.example.org (Postfix) with ESMTP id A1; Thu, 1 Jan 2026 00:00:01 +0000\r\n",
+        "qmail": b"Received: from unknown (HELO [192.0.2.10]) (203.0.113.9) by mx.example.org with SMTP; Thu, 1 Jan 2026 00:00:01 +0000\r\n",
+        "exim": b"Received: from [203.0.113.9] (helo=[192.0.2.10]) by mx.example.org with esmtp; Thu, 1 Jan 2026 00:00:01 +0000\r\n",
+    }
+    for mta, hop in hops.items():
+        f = facts_from_bytes(hop + BODY, trust=TRUSTED).facts
+        assert f.client_ip == "203.0.113.9", mta
+        assert f.helo == "192.0.2.10", mta
+        assert RuntimeEvaluator(policy).evaluate(f)[0].rule_id != "partner-relay", mta

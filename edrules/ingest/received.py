@@ -134,14 +134,20 @@ def received_fields(value: str) -> tuple:
     if lv.startswith("from "):
         from_clause = v[5:by_at] if by_at > 0 else v[5:]
         token, _, rest = from_clause.strip().partition(" ")
-        m = _BRACKET_IP.search(from_clause) if "[" in from_clause else None
-        if m is None and "(" in rest:
-            m = _PAREN_IP.search(rest)
-        if m:
-            from_ip = normalize_ip(m.group(1))
         helo_m = None
         if "helo" in lv:
             helo_m = _EXIM_HELO.search(rest) or _QMAIL_HELO.search(rest)
+        # The peer address is what the MTA saw (the comment, or Exim's leading token); the
+        # HELO name is the client's own claim and may be any address literal, so it is cut
+        # out before searching and never preferred to the comment.
+        peer = rest if helo_m is None else rest[:helo_m.start()] + rest[helo_m.end():]
+        m = _BRACKET_IP.search(peer) if "[" in peer else None
+        if m is None and "(" in peer:
+            m = _PAREN_IP.search(peer)
+        if m is None and token.startswith("["):
+            m = _BRACKET_IP.match(token)
+        if m:
+            from_ip = normalize_ip(m.group(1))
         if helo_m:
             # Exim / qmail: the leading token is the reverse-DNS name, HELO is in the comment.
             from_host = helo_m.group(1).strip("[]").rstrip(".") or None
