@@ -214,3 +214,24 @@ def test_an_address_literal_helo_does_not_become_the_client_ip():
         assert f.client_ip == "203.0.113.9", mta
         assert f.helo == "192.0.2.10", mta
         assert RuntimeEvaluator(policy).evaluate(f)[0].rule_id != "partner-relay", mta
+
+
+def test_a_return_path_the_sender_wrote_does_not_override_the_envelope_our_gateway_authenticated():
+    # No MTA Return-Path (a gateway export): the only one is the sender's own, below the edge
+    # hop. Believing it over the trusted smtp.mailfrom would transfer the SPF pass of the
+    # sender's real domain to any address it names, and an aligned allow entry would deliver.
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.rules.parse import parse_rules
+
+    policy = parse_rules("from_policy: aligned\nallow:\n  - sender: ceo@partner.example\n    id: partner-ceo\n")
+    raw = (b"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=x@attacker.example; dmarc=none\r\n"
+           + EDGE + b"Return-Path: <ceo@partner.example>\r\nFrom: ceo@partner.example\r\nTo: u@example.org\r\n"
+           b"Subject: invoice\r\n\r\nhi\r\n")
+    f = facts_from_bytes(raw, trust=TRUSTED).facts
+    assert (f.envelope_from, f.envelope_from_domain) == ("x@attacker.example", "attacker.example")
+    v = RuntimeEvaluator(policy).evaluate(f)[0]
+    assert (v.category, v.rule_id) == ("forgery", "from_policy:aligned")
+    # The same Return-Path agreeing with the authenticated domain is still read (it may be the
+    # only full address, e.g. Microsoft 365 writes a bare smtp.mailfrom domain).
+    same = raw.replace(b"x@attacker.example", b"partner.example")
+    assert facts_from_bytes(same, trust=TRUSTED).facts.envelope_from == "ceo@partner.example"

@@ -212,7 +212,9 @@ def extract(
     limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
 
     auth = _trusted_auth(block, limit, trust, warnings)
-    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth)
+    # A Return-Path below the edge hop's own Received field may be the sender's.
+    edge_pos = hops[edge].position if edge is not None else len(fields)
+    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth, edge_pos)
     ip, helo_name, ptr = _client(client_ip, helo, hops[edge] if edge is not None else None, auth.spf_header)
     helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
     header_from, from_domain, from_display, from_invalid = _header_from(block)
@@ -342,14 +344,22 @@ def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: 
     return out
 
 
-def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, auth: _Auth
-              ) -> tuple[str | None, str | None]:
-    """Envelope sender: explicit > Return-Path > mbox From_ line > Received-SPF > smtp.mailfrom."""
+def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, auth: _Auth,
+              edge_pos: int) -> tuple[str | None, str | None]:
+    """Envelope sender: explicit > Return-Path > mbox From_ line > Received-SPF > smtp.mailfrom.
+    A Return-Path below the edge hop (`edge_pos`; possibly the sender's own) is skipped when it names another
+    envelope domain than the trusted Received-SPF / smtp.mailfrom our side authenticated."""
     if explicit is not None:
         candidates = [explicit]
     else:
-        candidates = [block.first("return-path"), mbox_from,
-                      auth.spf_header.envelope_from if auth.spf_header else None, auth.ar_mailfrom]
+        trusted = [auth.spf_header.envelope_from if auth.spf_header else None, auth.ar_mailfrom]
+        rps = block.get_all("return-path")
+        rp = rps[0][1] if rps else None
+        if rp is not None and rps[0][0] > edge_pos:
+            known = {_env_key(t) for t in trusted if t is not None} - {None}
+            if known and _env_key(rp) not in known:
+                rp = None
+        candidates = [rp, mbox_from, *trusted]
     for cand in candidates:
         if cand is None:
             continue
@@ -359,6 +369,12 @@ def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, a
                 return None, None  # a local part alone tells rules nothing reliable
             return a, d
     return None, None
+
+
+def _env_key(value: str) -> str | None:
+    """Envelope domain of a MAIL FROM value ('<>' for the null sender), None when unreadable."""
+    a, d = _mail_from(value)
+    return "<>" if a == "" else d
 
 
 def _client(client_ip: str | None, helo: str | None, edge: Hop | None, spf_header: ReceivedSpf | None
