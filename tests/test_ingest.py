@@ -189,6 +189,22 @@ def test_header_from_is_valid_only_for_exactly_one_mailbox_with_a_domain(headers
     assert (not f.from_invalid, f.header_from) == (valid, header_from)
 
 
+def test_an_address_hidden_in_an_encoded_word_is_a_malformed_from_not_that_address():
+    # RFC 2047 forbids encoded-words in an addr-spec; the gateway's DMARC finds no From domain
+    # there (so no p=reject fail), while a decoding MUA shows ceo@bank.example. Reading it as
+    # that address let a relaxed allow entry deliver a spoof of a p=reject domain.
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.rules.parse import parse_rules
+
+    raw = (b"From: =?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?=\r\nTo: u@example.org\r\nSubject: s\r\n\r\nx\r\n")
+    f = facts_from_bytes(raw, envelope_from="x@evil.example").facts
+    assert (f.header_from, f.from_invalid) == (None, True)
+    policy = parse_rules("from_policy: relaxed\nallow:\n  - sender: ceo@bank.example\n    id: ceo\n")
+    assert RuntimeEvaluator(policy).evaluate(f)[0].category == "forgery"
+    inside = raw.replace(b"=?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?=", b"<=?utf-8?q?ceo?=@bank.example>")
+    assert facts_from_bytes(inside).facts.from_invalid
+
+
 def test_encoded_words_in_subject_and_display_name_are_decoded():
     raw = b"From: =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\nSubject: =?UTF-8?B?4oCTIGRhc2g=?=\r\n\r\n"
     f = facts_from_bytes(raw).facts

@@ -407,7 +407,11 @@ def _header_from(block: HeaderBlock) -> tuple[str | None, str | None, str | None
     if len(boxes) != 1:
         return None, None, None, True
     display, addr = boxes[0]
-    a = normalize_address(decode_words(addr))
+    if decode_words(addr) != addr:
+        # RFC 2047 forbids encoded-words in an addr-spec: DMARC sees no such address, while a
+        # decoding mail client shows the decoded one. Malformed, never that address.
+        return None, None, None, True
+    a = normalize_address(addr)
     domain = address_domain(a)
     if not a or not a.partition("@")[0] or not domain:
         return None, None, None, True
