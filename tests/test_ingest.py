@@ -205,6 +205,23 @@ def test_an_address_hidden_in_an_encoded_word_is_a_malformed_from_not_that_addre
     assert facts_from_bytes(inside).facts.from_invalid
 
 
+def test_a_from_domain_that_becomes_another_name_only_through_idna_mapping_is_malformed():
+    # IDNA 2003 maps a zero-width space to nothing and fullwidth/ideographic forms to ASCII, so
+    # 'ex<ZWSP>ample.com' would read as example.com, which the gateway's DMARC never checked.
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.rules.parse import parse_rules
+
+    policy = parse_rules("from_policy: relaxed\nallow:\n  - domain: example.com\n    id: ex\n")
+    for disguised in ("ceo@ex\u200bample.com", "ceo@example\u3002com", "ceo@\uff45xample.com"):
+        raw = ("From: " + disguised + "\r\nTo: u@example.org\r\nSubject: s\r\n\r\nx\r\n").encode()
+        f = facts_from_bytes(raw, envelope_from="x@evil.example").facts
+        assert (f.header_from, f.from_invalid) == (None, True), disguised
+        assert RuntimeEvaluator(policy).evaluate(f)[0].category == "forgery", disguised
+    # A real IDN (any case) is still a valid From.
+    f = facts_from_bytes("From: j@B\u00fccher.example\r\nTo: u@example.org\r\n\r\nx".encode()).facts
+    assert (f.header_from, f.from_invalid) == ("j@xn--bcher-kva.example", False)
+
+
 def test_encoded_words_in_subject_and_display_name_are_decoded():
     raw = b"From: =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\nSubject: =?UTF-8?B?4oCTIGRhc2g=?=\r\n\r\n"
     f = facts_from_bytes(raw).facts

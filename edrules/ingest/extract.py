@@ -398,6 +398,19 @@ def _client(client_ip: str | None, helo: str | None, edge: Hop | None, spf_heade
     return ip, name, ptr
 
 
+def _idna_disguised(addr: str, domain: str) -> bool:
+    """A non-ASCII From domain whose A-label form is not simply its encoding: IDNA 2003
+    mapping dropped or folded characters (zero-width space, fullwidth letters, ideographic
+    dots), so the name DMARC checked differs from the one rules would read."""
+    raw = addr.strip().strip("<>").strip().rpartition("@")[2].strip().rstrip(".").lower()
+    if raw.isascii():
+        return False
+    try:
+        return domain.encode("ascii").decode("idna") != raw
+    except UnicodeError:
+        return True
+
+
 def _header_from(block: HeaderBlock) -> tuple[str | None, str | None, str | None, bool]:
     """(address, domain, display, invalid) of the single mailbox of the single From field."""
     values = [v for _, v in block.get_all("from")]
@@ -414,6 +427,8 @@ def _header_from(block: HeaderBlock) -> tuple[str | None, str | None, str | None
     a = normalize_address(addr)
     domain = address_domain(a)
     if not a or not a.partition("@")[0] or not domain:
+        return None, None, None, True
+    if _idna_disguised(addr, domain):
         return None, None, None, True
     return a, domain, decode_words(display) or None, False
 
