@@ -354,11 +354,15 @@ class RuntimeEvaluator:
             )
         if not m.forgery:
             return self._not_forgery_outcome.get(f.category) or self._clean_outcome
-        exempt = self._provider_authenticated(m, bp) if bulk is BulkPolicy.ALLOW else None
+        # The exemption never covers mail the From domain's owner disowned (DMARC p=quarantine/reject):
+        # anyone with an account at the provider could otherwise send as that domain.
+        exempt = (self._provider_authenticated(m, bp)
+                  if bulk is BulkPolicy.ALLOW and m.header_ok else None)
         if exempt is None:
             trace = [TraceStep("from_policy", f"{self._mode}: {self._forgery_evidence(m)}")]
             if bulk is BulkPolicy.ALLOW:
-                trace.append(TraceStep("bulk_provider", f"{bp}: allow, but not authenticated"))
+                why = "but not authenticated" if m.header_ok else "but DMARC disowns the From"
+                trace.append(TraceStep("bulk_provider", f"{bp}: allow, {why}"))
             return (
                 self._actions["forgery"], "forgery", self._forgery_reason(m),
                 f"from_policy:{self._mode}", tuple(trace),

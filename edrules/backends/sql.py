@@ -501,7 +501,7 @@ m0 AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits
     CASE WHEN {inbound_expr} THEN 'inbound' WHEN d.category = 'malware' THEN 'malware' END AS pre,
     CASE WHEN b.policy = 'block' THEN 'bulk'
          WHEN {_FORGERY[mode]} THEN
-           CASE WHEN b.policy = 'allow' AND {_checks('b')} THEN {after_forgery} ELSE 'forgery' END
+           CASE WHEN b.policy = 'allow' AND d.header_ok AND {_checks('b')} THEN {after_forgery} ELSE 'forgery' END
          ELSE {after_forgery} END AS post,
     CASE WHEN pre IS NULL AND cl.cands IS NOT NULL
          THEN list_filter(cl.cands, lambda h: coalesce(CASE h.gate {gate_case} END, FALSE)) END AS hits,
