@@ -155,7 +155,9 @@ class QuarantineStore(Protocol):
     def token_used(self, token_id: str) -> bool: ...
 
     # digests (edrules.runtime.digest)
-    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None: ...
+    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> list[str]: ...
+
+    def forget_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None: ...
 
     def digested_ids(self, recipient: str) -> set[str]: ...
 
@@ -591,13 +593,28 @@ class SqliteQuarantineStore:
 
     # -- digests -----------------------------------------------------------------------
 
-    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None:
+    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> list[str]:
+        """Claim items for one digest before sending it: returns the ids no earlier (or
+        concurrent) run has claimed, so two overlapping runs never list an item twice."""
+        claimed: list[str] = []
         with self._tx() as db:
             for iid in item_ids:
-                db.execute("INSERT OR IGNORE INTO digest_sent (recipient, item_id, sent_at) VALUES (?,?,?)",
+                cur = db.execute("INSERT OR IGNORE INTO digest_sent (recipient, item_id, sent_at) VALUES (?,?,?)",
+                                 (recipient, iid, _iso(sent_at)))
+                if cur.rowcount:
+                    claimed.append(iid)
+            if claimed:
+                db.execute("INSERT INTO digest_runs (recipient, sent_at, items) VALUES (?,?,?)",
+                           (recipient, _iso(sent_at), len(claimed)))
+        return claimed
+
+    def forget_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None:
+        """Give back a claim whose digest could not be sent (the next run lists them again)."""
+        with self._tx() as db:
+            for iid in item_ids:
+                db.execute("DELETE FROM digest_sent WHERE recipient = ? AND item_id = ? AND sent_at = ?",
                            (recipient, iid, _iso(sent_at)))
-            db.execute("INSERT INTO digest_runs (recipient, sent_at, items) VALUES (?,?,?)",
-                       (recipient, _iso(sent_at), len(item_ids)))
+            db.execute("DELETE FROM digest_runs WHERE recipient = ? AND sent_at = ?", (recipient, _iso(sent_at)))
 
     def digested_ids(self, recipient: str) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT item_id FROM digest_sent WHERE recipient = ?", (recipient,))}
