@@ -229,3 +229,24 @@ def release(store: QuarantineStore, item_id: str, *, next_hop: tuple[str, int], 
 def default_actor(how: str = "cli") -> str:
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
     return f"{user}@{socket.gethostname()}" if how == "cli" else user
+
+
+def redeem_token(store: QuarantineStore, key: bytes, token: str, purpose: str, *, actor: str, how: str = "link",
+                 next_hop: tuple[str, int] | None = None, overrides=None):
+    """What a confirmation page's POST does: check the token, bind it to its item and
+    recipient, use it up (single use), then release (ReleaseOutcome) or trust (TrustChoice).
+    Raises edrules.runtime.tokens.TokenError when the link is expired, altered or used."""
+    from edrules.runtime.tokens import TokenError, check_token, consume
+
+    claims = check_token(key, token, purpose, store=store)
+    item = store.get(claims.item_id)
+    if item is None or item.recipient != claims.recipient:
+        raise TokenError("altered", "link does not match a quarantined item")
+    consume(store, claims)
+    if purpose == "release":
+        if next_hop is None:
+            raise EdrulesError("release needs the next hop (HOST:PORT)")
+        return release(store, item.id, next_hop=next_hop, actor=actor, how=how, key=key)
+    from edrules.runtime.overrides import Overrides, trust_item
+
+    return trust_item(store, overrides or Overrides(getattr(store, "state_dir")), item.id, actor, how)
