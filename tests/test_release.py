@@ -178,3 +178,38 @@ def test_concurrent_consumers_of_one_token_let_exactly_one_through(store):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert wins == [1]
+
+
+def test_the_cli_releases_to_the_next_hop_once_and_says_already_released_the_second_time(store, sink):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bob, _ = _two(store)
+    cmd = [sys.executable, "-m", "edrules.cli", "quarantine", "release", "--state", str(store.state_dir),
+           "--next-hop", f"127.0.0.1:{sink.port}", "--actor", "support@gw", bob.id]
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert first.returncode == 0 and f"{bob.id}: released to bob@corp.test" in first.stdout, first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert second.returncode == 1 and "already released" in second.stdout
+    assert len(sink.messages) == 1 and sink.messages[0].rcpt_tos == ["bob@corp.test"]
+    assert store.audit_log(item_id=bob.id)[-1].how == "cli"
+
+
+def test_a_release_link_redeemed_twice_releases_once_and_refuses_the_replay(store, sink):
+    from edrules.runtime.release import redeem_token
+
+    bob, carol = _two(store)
+    key = release_key(store.state_dir)
+    tok = make_token(key, "release", bob.id, bob.recipient, 600)
+    out = redeem_token(store, key, tok, "release", actor="bob@corp.test", next_hop=("127.0.0.1", sink.port))
+    assert out.ok and store.audit_log(item_id=bob.id)[-1].how == "link"
+    with pytest.raises(TokenError) as e:
+        redeem_token(store, key, tok, "release", actor="bob@corp.test", next_hop=("127.0.0.1", sink.port))
+    assert e.value.reason == "used"
+    # a token for bob's recipient cannot be pointed at carol's item
+    wrong = make_token(key, "release", carol.id, "bob@corp.test", 600)
+    with pytest.raises(TokenError):
+        redeem_token(store, key, wrong, "release", actor="bob", next_hop=("127.0.0.1", sink.port))
+    assert len(sink.messages) == 1 and store.get(carol.id).state == "quarantined"

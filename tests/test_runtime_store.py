@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,45 @@ def test_the_runtime_package_imports_neither_pandas_nor_duckdb():
             "print(sorted(m for m in ('pandas', 'duckdb', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _edrules(*args):
+    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_the_quarantine_cli_lists_shows_deletes_and_purges_per_category(tmp_path):
+    store = SqliteQuarantineStore(tmp_path)
+    now = datetime.now(timezone.utc)
+    spam = _add(store, raw=RAW + b"1", rcpts=(("bob@corp.test", "spam"),), at=now - timedelta(days=10))[0]
+    phish = _add(store, raw=RAW + b"2", rcpts=(("carol@corp.test", "phishing"),), at=now - timedelta(days=10))[0]
+    listed = _edrules("quarantine", "list", "--state", str(tmp_path), "--domain", "corp.test")
+    assert listed.returncode == 0, listed.stderr
+    assert spam.id in listed.stdout and phish.id in listed.stdout and "2 of 2 items" in listed.stdout
+    js = _edrules("quarantine", "list", "--state", str(tmp_path), "--recipient", "bob@corp.test", "--json")
+    assert [json.loads(line)["id"] for line in js.stdout.splitlines()] == [spam.id]
+    shown = _edrules("quarantine", "show", "--state", str(tmp_path), spam.id)
+    assert "reason:         spam reason" in shown.stdout and "gateway quarantine (milter)" in shown.stdout
+    raw = subprocess.run([sys.executable, "-m", "edrules.cli", "quarantine", "show", "--state", str(tmp_path),
+                          "--raw", spam.id], capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    assert raw.stdout == RAW + b"1"
+    purged = _edrules("quarantine", "purge", "--state", str(tmp_path), "--retention", "spam=7",
+                      "--retention", "phishing=30")
+    assert purged.returncode == 0 and "purged 1 item " in purged.stdout
+    assert store.get(spam.id) is None and store.get(phish.id) is not None
+    deleted = _edrules("quarantine", "delete", "--state", str(tmp_path), "--actor", "ops", phish.id)
+    assert f"{phish.id}: deleted" in deleted.stdout and store.get(phish.id).state == "deleted"
+
+
+def test_the_quarantine_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
+    SqliteQuarantineStore(tmp_path)
+    for args, needle in (
+        (("quarantine", "show", "--state", str(tmp_path), "qnope"), "no quarantined item 'qnope'"),
+        (("quarantine", "purge", "--state", str(tmp_path)), "give --pack PACK --pubkey PUB"),
+        (("quarantine", "purge", "--state", str(tmp_path), "--retention", "spam"), "CATEGORY=DAYS"),
+        (("quarantine", "list", "--state", str(tmp_path / "nope")), "state directory does not exist"),
+        (("quarantine", "release", "--state", str(tmp_path), "--next-hop", "localhost", "q1"), "HOST:PORT"),
+    ):
+        r = _edrules(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
