@@ -116,3 +116,28 @@ def test_a_failed_send_lists_the_items_again_next_time_and_released_items_are_no
     store.mark_released(b.id, "bob", "page")
     [ok] = send_digests(store, smtp=("127.0.0.1", sink.port), base_url=BASE, key=key, now=T0 + timedelta(minutes=1))
     assert ok.status == "sent" and ok.item_ids == (a.id,)
+
+
+def test_the_digest_cli_sends_once_per_schedule_and_sets_schedules(tmp_path, sink):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = SqliteQuarantineStore(tmp_path)
+    _hold(store, 1, "bob@corp.test", at=datetime.now(timezone.utc))
+    _hold(store, 2, "carol@corp.test", at=datetime.now(timezone.utc))
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "edrules.cli", "digest", *a], capture_output=True,
+                                    text=True, cwd=root)
+    s = run("schedule", "--state", str(tmp_path), "--user", "carol@corp.test", "off")
+    assert s.returncode == 0 and "digest schedule for carol@corp.test: off" in s.stdout
+    args = ("--state", str(tmp_path), "--smtp", f"127.0.0.1:{sink.port}", "--base-url", BASE,
+            "--from", "quarantine@gw.corp.test")
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "bob@corp.test: 1 item" in first.stdout and "carol@corp.test: off" in first.stdout
+    second = run(*args)
+    assert "bob@corp.test: not due" in second.stdout and "0 digests sent" in second.stdout
+    assert [m.rcpt_tos for m in sink.messages] == [["bob@corp.test"]]
+    bad = run("--state", str(tmp_path))
+    assert bad.returncode == 2 and "needs --smtp, --base-url" in bad.stderr

@@ -119,3 +119,25 @@ def test_a_hand_broken_overrides_file_is_reported_with_its_line(tmp_path):
 
 def test_merging_no_overrides_returns_the_policy_unchanged(tmp_path):
     assert Overrides(tmp_path).merged(POLICY) is POLICY
+
+
+def test_the_cli_trusts_an_item_and_lists_and_exports_the_override(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = SqliteQuarantineStore(tmp_path)
+    raw = _raw(SENDGRID_AR)
+    item = _quarantine(store, raw, _facts(raw, envelope_from="bounces+1@em.sendgrid.net", client_ip="198.51.100.7"))
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "edrules.cli", *a], capture_output=True, text=True, cwd=root)
+    t = run("quarantine", "trust", "--state", str(tmp_path), "--actor", "support@gw", item.id)
+    assert t.returncode == 0, t.stderr
+    assert "trusted: news@brand.example via sendgrid for user:bob@corp.test" in t.stdout
+    listed = run("overrides", "list", "--state", str(tmp_path))
+    assert f"trust-{item.id}: allow sender news@brand.example via sendgrid scope user:bob@corp.test" in listed.stdout
+    out = tmp_path / "export.yaml"
+    assert run("overrides", "export", "--state", str(tmp_path), "-o", str(out)).returncode == 0
+    assert parse_rules(out.read_text(), source=str(out)).allow[0].via.value == "sendgrid"
+    audit = store.audit_log(item_id=item.id)[-1]
+    assert (audit.actor, audit.action, audit.how) == ("support@gw", "trust", "cli")
