@@ -213,3 +213,66 @@ def test_a_release_link_redeemed_twice_releases_once_and_refuses_the_replay(stor
     with pytest.raises(TokenError):
         redeem_token(store, key, wrong, "release", actor="bob", next_hop=("127.0.0.1", sink.port))
     assert len(sink.messages) == 1 and store.get(carol.id).state == "quarantined"
+
+
+_RELEASER = r"""
+import sys
+from edrules.runtime.release import release, release_key
+from edrules.runtime.store import SqliteQuarantineStore
+store = SqliteQuarantineStore(sys.argv[1])
+print("go", flush=True)
+release(store, sys.argv[2], next_hop=("127.0.0.1", int(sys.argv[3])), actor="cron", how="cli",
+        key=release_key(sys.argv[1]))
+"""
+
+
+def test_a_releaser_killed_mid_send_leaves_an_unconfirmed_release_that_only_an_explicit_retry_resends(store, sink):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    bob, _ = _two(store)
+    key = release_key(store.state_dir)
+    with socket.socket() as hang:  # a next hop that accepts the connection and never greets
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(1)
+        proc = subprocess.Popen([sys.executable, "-c", _RELEASER, str(store.state_dir), bob.id,
+                                 str(hang.getsockname()[1])], stdout=subprocess.PIPE,
+                                cwd=Path(__file__).resolve().parents[1])
+        assert proc.stdout.readline().strip() == b"go"
+        deadline = time.monotonic() + 20
+        while store.get(bob.id).state != "released" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    item = store.get(bob.id)
+    assert item.state == "released" and item.release_confirmed is False
+    hop = ("127.0.0.1", sink.port)
+    plain = release(store, bob.id, next_hop=hop, actor="ops", how="cli", key=key)
+    assert plain.status == "already released" and "unconfirmed" in plain.detail
+    too_soon = release(store, bob.id, next_hop=hop, actor="ops", how="cli", key=key, retry_unconfirmed=True)
+    assert too_soon.status == "already released" and sink.messages == []
+    retried = release(store, bob.id, next_hop=hop, actor="ops", how="cli", key=key, retry_unconfirmed=True,
+                      unconfirmed_after=timedelta(0))
+    assert retried.ok and len(sink.messages) == 1 and store.get(bob.id).release_confirmed is True
+    assert release(store, bob.id, next_hop=hop, actor="ops", how="cli", key=key, retry_unconfirmed=True,
+                   unconfirmed_after=timedelta(0)).status == "already released"
+    assert len(sink.messages) == 1
+
+
+def test_the_milter_helper_honours_only_our_header_for_its_recipient_and_strips_every_copy(store, sink):
+    from edrules.runtime.release import released_for
+
+    bob, _ = _two(store)
+    key = release_key(store.state_dir)
+    release(store, bob.id, next_hop=("127.0.0.1", sink.port), actor="a", how="cli", key=key)
+    data = b"Received: from gw by mx\r\n" + sink.messages[0].data
+    ok, rest = released_for(key, data, ["bob@corp.test", "carol@corp.test"])
+    assert ok == {"bob@corp.test"} and RELEASE_HEADER.encode() not in rest
+    forged = f"{RELEASE_HEADER}: v=1; id={bob.id}; r=bob@corp.test; exp=9999999999; fp=00; sig=AAAA\r\n".encode() + RAW
+    ok, rest = released_for(key, forged, ["bob@corp.test"])
+    assert ok == set() and RELEASE_HEADER.encode() not in rest and rest.endswith(b"Please pay.\r\n")

@@ -108,8 +108,10 @@ def show(state_dir, item_id, raw) -> None:
 @_STATE
 @click.argument("item_ids", nargs=-1, required=True)
 @click.option("--next-hop", required=True, metavar="HOST:PORT", help="SMTP server to re-inject into.")
+@click.option("--retry-unconfirmed", is_flag=True,
+              help="Send again a release whose process died before the next hop confirmed it (10+ min ago).")
 @_ACTOR
-def release(state_dir, item_ids, next_hop, actor) -> None:
+def release(state_dir, item_ids, next_hop, actor, retry_unconfirmed) -> None:
     """Re-inject items to their recipient via the next hop, exactly once each."""
     from edrules.runtime.release import parse_hostport, release as do_release, release_key
 
@@ -119,7 +121,8 @@ def release(state_dir, item_ids, next_hop, actor) -> None:
     failed = 0
     for iid in item_ids:
         _item_or_fail(store, iid)
-        out = do_release(store, iid, next_hop=hop, actor=_actor(actor), how="cli", key=key)
+        out = do_release(store, iid, next_hop=hop, actor=_actor(actor), how="cli", key=key,
+                         retry_unconfirmed=retry_unconfirmed)
         click.echo(f"{iid}: {out.status}{' to ' + out.recipient if out.recipient else ''}"
                    f"{' (' + out.detail + ')' if out.detail else ''}")
         failed += not out.ok

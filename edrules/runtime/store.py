@@ -94,6 +94,9 @@ class QuarantineItem:
     # bulk_provider, envelope_from_domain, header_from_domain), so "trust sender" can name the
     # authenticated network without re-checking DNS later. Empty when the caller gave none.
     auth: Mapping[str, Any] | None = None
+    # While released: False from the claim until the next hop accepted the message. A release
+    # left unconfirmed for long means the releasing process died mid-way (see release()).
+    release_confirmed: bool | None = None
 
     @property
     def recipient_domain(self) -> str:
@@ -140,6 +143,10 @@ class QuarantineStore(Protocol):
 
     def unmark_released(self, item_id: str, actor: str, how: str, detail: str = "") -> bool: ...
 
+    def confirm_release(self, item_id: str, actor: str, how: str, detail: str = "") -> None: ...
+
+    def reclaim_unconfirmed(self, item_id: str, actor: str, how: str, older_than: timedelta) -> bool: ...
+
     def delete(self, item_id: str, actor: str, how: str) -> bool: ...
 
     def purge(self, now: datetime, retention_days: Mapping[str, int]) -> int: ...
@@ -185,6 +192,7 @@ CREATE TABLE IF NOT EXISTS items (
   released_at TEXT, released_by TEXT,
   size INTEGER NOT NULL,
   auth TEXT,
+  release_confirmed INTEGER,
   UNIQUE (message_sha256, recipient, queue_id)
 );
 CREATE INDEX IF NOT EXISTS items_recipient ON items (recipient, state, quarantined_at);
@@ -216,7 +224,18 @@ CREATE TABLE IF NOT EXISTS digest_schedule (
 
 _COLUMNS = ("id", "message_sha256", "recipient", "envelope_from", "header_from", "subject", "date",
             "category", "reason", "rule_id", "pack_name", "pack_version", "client_ip", "helo",
-            "queue_id", "quarantined_at", "state", "released_at", "released_by", "size", "auth")
+            "queue_id", "quarantined_at", "state", "released_at", "released_by", "size", "auth",
+            "release_confirmed")
+
+
+def open_store(location: str | Path) -> "QuarantineStore":
+    """The store for a state directory. The seam for a shared index: a postgresql:// location
+    will select a PostgreSQL index (a later issue) behind the same Protocol."""
+    text = str(location)
+    if text.startswith(("postgres://", "postgresql://")):
+        raise EdrulesError("a PostgreSQL quarantine index is not available yet; use a state directory",
+                           Location(field="store"))
+    return SqliteQuarantineStore(location)
 
 
 def item_id_for(message_sha256: str, recipient: str, queue_id: str | None) -> str:
@@ -418,6 +437,7 @@ class SqliteQuarantineStore:
             d[k] = _from_iso(d[k])
         d["queue_id"] = d["queue_id"] or None
         d["auth"] = json.loads(d["auth"]) if d["auth"] else None
+        d["release_confirmed"] = None if d["release_confirmed"] is None else bool(d["release_confirmed"])
         return QuarantineItem(**d)
 
     def get(self, item_id: str) -> QuarantineItem | None:
@@ -488,17 +508,37 @@ class SqliteQuarantineStore:
         """Claim the item for release: True for exactly one caller, however many race."""
         now = _iso(utcnow())
         with self._tx() as db:
-            cur = db.execute("UPDATE items SET state = 'released', released_at = ?, released_by = ?"
-                             " WHERE id = ? AND state = 'quarantined'", (now, actor, item_id))
+            cur = db.execute("UPDATE items SET state = 'released', released_at = ?, released_by = ?,"
+                             " release_confirmed = 0 WHERE id = ? AND state = 'quarantined'", (now, actor, item_id))
             if cur.rowcount != 1:
                 return False
             self._audit(db, actor, "release", how, item_id, "claimed")
         return True
 
+    def confirm_release(self, item_id: str, actor: str, how: str, detail: str = "") -> None:
+        """The next hop accepted the released message."""
+        with self._tx() as db:
+            db.execute("UPDATE items SET release_confirmed = 1 WHERE id = ? AND state = 'released'", (item_id,))
+            self._audit(db, actor, "released", how, item_id, detail)
+
+    def reclaim_unconfirmed(self, item_id: str, actor: str, how: str, older_than: timedelta) -> bool:
+        """Claim again a release whose process died before the next hop confirmed it (True for
+        one caller). The operator chooses this: the old attempt may have been delivered."""
+        now = utcnow()
+        with self._tx() as db:
+            cur = db.execute("UPDATE items SET released_at = ?, released_by = ? WHERE id = ? AND state = 'released'"
+                             " AND release_confirmed = 0 AND released_at < ?",
+                             (_iso(now), actor, item_id, _iso(now - older_than)))
+            if cur.rowcount != 1:
+                return False
+            self._audit(db, actor, "release", how, item_id, "reclaimed an unconfirmed release")
+        return True
+
     def unmark_released(self, item_id: str, actor: str, how: str, detail: str = "") -> bool:
         """Undo a claim whose delivery failed, so the item can be released again."""
         with self._tx() as db:
-            cur = db.execute("UPDATE items SET state = 'quarantined', released_at = NULL, released_by = NULL"
+            cur = db.execute("UPDATE items SET state = 'quarantined', released_at = NULL, released_by = NULL,"
+                             " release_confirmed = NULL"
                              " WHERE id = ? AND state = 'released'", (item_id,))
             if cur.rowcount != 1:
                 return False
