@@ -199,3 +199,38 @@ def test_the_quarantine_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
         r = _edrules(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_purge_takes_each_categorys_retention_from_a_signed_pack_and_refuses_a_tampered_one(tmp_path):
+    from edrules.pack import build_pack, generate_keypair, write_pack
+    from edrules.rules.parse import parse_rules
+
+    text = "name: acme\nretention_days:\n  spam: 3\n  forgery: 60\n"
+    priv, pub = generate_keypair(tmp_path / "keys")
+    pack = tmp_path / "acme.json"
+    write_pack(build_pack(parse_rules(text), source_bytes=text.encode(), private_key_path=priv), pack)
+    state = tmp_path / "state"
+    store = SqliteQuarantineStore(state)
+    now = datetime.now(timezone.utc)
+    spam = _add(store, raw=RAW + b"s", rcpts=(("bob@corp.test", "spam"),), at=now - timedelta(days=5))[0]
+    forgery = _add(store, raw=RAW + b"f", rcpts=(("bob@corp.test", "forgery"),), at=now - timedelta(days=50))[0]
+    r = _edrules("quarantine", "purge", "--state", str(state), "--pack", str(pack), "--pubkey", str(pub))
+    assert r.returncode == 0, r.stderr
+    assert "purged 1 item" in r.stdout and "spam 3d" in r.stdout and "forgery 60d" in r.stdout
+    assert store.get(spam.id) is None and store.get(forgery.id) is not None
+    assert '"forgery":60' in pack.read_text()
+    pack.write_text(pack.read_text().replace('"forgery":60', '"forgery":1'))
+    bad = _edrules("quarantine", "purge", "--state", str(state), "--pack", str(pack), "--pubkey", str(pub))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert store.get(forgery.id) is not None
+
+
+def test_a_postgresql_location_is_refused_until_that_index_exists(tmp_path):
+    from edrules.errors import EdrulesError
+    from edrules.runtime.store import QuarantineStore, open_store
+
+    assert isinstance(open_store(tmp_path), SqliteQuarantineStore)
+    with pytest.raises(EdrulesError, match="PostgreSQL quarantine index is not available yet"):
+        open_store("postgresql://gw@127.0.0.1/edrules")
+    assert {"add", "get", "raw", "list", "count", "mark_released", "delete", "purge", "audit",
+            "audit_log"} <= set(dir(QuarantineStore))
