@@ -276,3 +276,28 @@ def test_the_milter_helper_honours_only_our_header_for_its_recipient_and_strips_
     forged = f"{RELEASE_HEADER}: v=1; id={bob.id}; r=bob@corp.test; exp=9999999999; fp=00; sig=AAAA\r\n".encode() + RAW
     ok, rest = released_for(key, forged, ["bob@corp.test"])
     assert ok == set() and RELEASE_HEADER.encode() not in rest and rest.endswith(b"Please pay.\r\n")
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=st.text(max_size=300), raw=st.binary(max_size=600), value=st.text(max_size=200))
+def test_hostile_tokens_headers_and_messages_are_refused_never_crash(token, raw, value):
+    key = b"k" * 32
+    with pytest.raises(TokenError):
+        check_token(key, token, "release")
+    assert verify_release_header(key, value, raw, "bob@corp.test") is False
+    values, rest = strip_release_headers(raw)
+    assert isinstance(values, list) and isinstance(rest, bytes)
+    message_fingerprint(raw)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=800) | st.text(max_size=400).map(lambda t: ("Subject: =?utf-8?q?" + t + "\r\nFrom: " + t
+                                                                         + "\r\nDate: " + t + "\r\n\r\n").encode("utf-8", "surrogatepass")))
+def test_storing_any_bytes_never_crashes_and_gives_them_back_unchanged(tmp_path_factory, raw):
+    store = SqliteQuarantineStore(tmp_path_factory.mktemp("h"))
+    [item] = store.add(raw, [QuarantinedRecipient("bob@corp.test", "spam", "r")], envelope_from=None, client_ip=None,
+                       helo=None, queue_id=None, pack_name=None, pack_version=None)
+    assert store.raw(item.id) == raw

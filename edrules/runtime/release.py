@@ -133,6 +133,8 @@ def verify_release_header(key: bytes, value: str, raw_without_header: bytes, rec
                           now: float | None = None) -> bool:
     """True when `value` is a release header we signed, not expired, for this recipient and this
     message (raw_without_header: the message as the milter sees it, minus the release header)."""
+    if not value.isascii():  # ours are ASCII; compare_digest refuses anything else
+        return False
     f = parse_release_header(value)
     try:
         exp = int(f["exp"])

@@ -256,6 +256,7 @@ def _fsync_dir(path: Path) -> None:
 def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
     """(From address, Subject, Date) of the message, decoded; header-only parse (compat32 is
     ~6x faster than policy.default and the body is never needed here)."""
+    from email.errors import HeaderParseError
     from email.header import decode_header, make_header
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses, parsedate_to_datetime
@@ -268,7 +269,7 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
             return None
         try:
             return str(make_header(decode_header(str(v)))).strip()
-        except (UnicodeError, LookupError, ValueError):
+        except (UnicodeError, LookupError, ValueError, HeaderParseError):
             return str(v).strip()
 
     from_addr = None
@@ -283,7 +284,7 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
             date = parsedate_to_datetime(str(d))
             if date is not None and date.tzinfo is None:
                 date = date.replace(tzinfo=timezone.utc)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             date = None
     return from_addr, text("Subject"), date
 
