@@ -261,7 +261,10 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses, parsedate_to_datetime
 
-    msg = BytesHeaderParser().parsebytes(raw)
+    # Only the header block goes to the parser: feeding the whole message makes it split the
+    # body into lines too (~3 ms for a 30 KB message, more than the fsyncs cost in CPU).
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    msg = BytesHeaderParser().parsebytes(raw[: min(ends) + 2] if ends else raw)
 
     def text(name: str) -> str | None:
         v = msg.get(name)
