@@ -234,3 +234,12 @@ def test_a_postgresql_location_is_refused_until_that_index_exists(tmp_path):
         open_store("postgresql://gw@127.0.0.1/edrules")
     assert {"add", "get", "raw", "list", "count", "mark_released", "delete", "purge", "audit",
             "audit_log"} <= set(dir(QuarantineStore))
+
+
+def test_quarantined_mail_and_its_index_are_readable_by_the_owner_only(tmp_path):
+    store = SqliteQuarantineStore(tmp_path / "state")
+    item = _add(store)[0]
+    assert (tmp_path / "state" / "messages").stat().st_mode & 0o777 == 0o700
+    assert store.message_path(item.message_sha256).stat().st_mode & 0o777 == 0o600
+    for name in ("quarantine.sqlite", "quarantine.sqlite-wal"):
+        assert (tmp_path / "state" / name).stat().st_mode & 0o077 == 0, name

@@ -318,7 +318,11 @@ class SqliteQuarantineStore:
         self.db_path = self.state_dir / "quarantine.sqlite"
         try:
             self.messages_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.state_dir, 0o700)
+            # Quarantined mail is private: the messages and the index, not the state directory
+            # itself (the milter may keep a socket there that the MTA must reach).
+            os.chmod(self.messages_dir, 0o700)
+            if not self.db_path.exists():
+                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite keeps -wal/-shm alike
         except OSError as exc:
             raise EdrulesError(f"cannot create state directory: {exc.strerror}", Location(str(self.state_dir))) from None
         self._local = threading.local()
