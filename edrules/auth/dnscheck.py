@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from edrules.auth.dkim import MIN_RSA_BITS, parse_key_record
-from edrules.auth.dmarc import Alignment, Policy, RecordStatus, lookup_dmarc
+from edrules.auth.dmarc import Alignment, Policy, RecordStatus, is_dmarc_record, lookup_dmarc
 from edrules.auth.findings import Area, Finding, Severity
 from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver
 from edrules.auth.spfcheck import analyse_spf
@@ -178,8 +178,24 @@ _DMARC_FIXES = {"dmarc.invalid", "dmarc.multiple", "dmarc.monitor-only", "dmarc.
                 "dmarc.weak-subdomains", "dmarc.syntax-warning"}
 
 
+def _ignored_records(domain: str, resolver: Resolver) -> list[str]:
+    """TXT records at _dmarc.<domain> that look like DMARC but receivers discard (v=dmarc1)."""
+    try:
+        txts = resolver.txt(f"_dmarc.{domain}")
+    except DnsError:
+        return []
+    return [t for t in txts if t.strip().lower().startswith("v=dmarc") and not is_dmarc_record(t)]
+
+
 def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
     rec = lookup_dmarc(domain, resolver)
+    ignored = _ignored_records(domain, resolver) if rec is None or rec.org_fallback else []
+    if ignored:
+        # RFC 7489 6.3: v= must be exactly DMARC1; receivers skip this record (and fall back).
+        return [Finding(Area.DMARC, Severity.ERROR, "dmarc.invalid",
+                        f"_dmarc.{domain}: {ignored[0]!r} is ignored: it must start with v=DMARC1 "
+                        "(exactly, RFC 7489 6.3)",
+                        f'_dmarc.{domain}. IN TXT "{fix_dmarc(ignored[0], domain)}"')]
     if rec is None:
         return [Finding(Area.DMARC, Severity.ERROR, "dmarc.missing", f"no DMARC record for {domain}",
                         f'_dmarc.{domain}. IN TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}" '
@@ -187,8 +203,8 @@ def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
     if rec.status is RecordStatus.TEMPERROR:
         return [Finding(Area.DMARC, Severity.ERROR, "dmarc.dns-error", "; ".join(rec.errors))]
     out: list[Finding] = []
-    if rec.status is RecordStatus.PERMERROR:
-        code = "dmarc.multiple" if "records" in " ".join(rec.errors) else "dmarc.invalid"
+    if rec.status is RecordStatus.NONE:
+        code = "dmarc.multiple" if " | " in rec.text else "dmarc.invalid"
         out.append(Finding(Area.DMARC, Severity.ERROR, code, f"_dmarc.{rec.domain}: " + "; ".join(rec.errors)))
     else:
         out += _dmarc_policy_findings(domain, rec)
@@ -204,6 +220,9 @@ def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
 def _dmarc_policy_findings(domain: str, rec) -> list[Finding]:
     out = [Finding(Area.DMARC, Severity.WARNING, "dmarc.syntax-warning", f"_dmarc.{rec.domain}: {w}")
            for w in rec.warnings]
+    if rec.as_p_none:
+        # The record is broken; that receivers fall back to p=none is the consequence, not the news.
+        return [Finding(Area.DMARC, Severity.ERROR, "dmarc.invalid", f"_dmarc.{rec.domain}: {rec.as_p_none}"), *out]
     if rec.org_fallback:
         out.append(Finding(Area.DMARC, Severity.INFO, "dmarc.org-fallback",
                            f"{domain} has no record of its own; the organisational domain's applies "
