@@ -259,6 +259,34 @@ class _RecordsManager(dns.zonefile.RRSetsReaderManager):
         return _RecordsTransaction(self, True, False)
 
 
+class OverlayResolver:
+    """`base` with some names' TXT or MX answers replaced: the DNS as it will answer once
+    records are published (dns-check verifies its own suggestions this way)."""
+
+    def __init__(self, base: Resolver, *, txt: dict[str, list[str]] | None = None,
+                 mx: dict[str, list[tuple[int, str]]] | None = None):
+        self.base = base
+        self._txt = {_check_name(k, "TXT"): list(v) for k, v in (txt or {}).items()}
+        self._mx = {_check_name(k, "MX"): list(v) for k, v in (mx or {}).items()}
+
+    def txt(self, name: str) -> list[str]:
+        key = _check_name(name, "TXT")
+        return list(self._txt[key]) if key in self._txt else self.base.txt(name)
+
+    def a(self, name: str) -> list[str]:
+        return self.base.a(name)
+
+    def aaaa(self, name: str) -> list[str]:
+        return self.base.aaaa(name)
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        key = _check_name(name, "MX")
+        return list(self._mx[key]) if key in self._mx else self.base.mx(name)
+
+    def ptr(self, ip: str) -> list[str]:
+        return self.base.ptr(ip)
+
+
 def _parse_zone(text: str, origin: str | None) -> list:
     """Master-file text to RRsets, with $ORIGIN/$TTL/$GENERATE (no $INCLUDE: a zone file
     must not make edrules read other files). Without an origin everything hangs off the
