@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from edrules.auth.dkim import MIN_RSA_BITS, parse_key_record
-from edrules.auth.dmarc import Alignment, Policy, RecordStatus, is_dmarc_record, lookup_dmarc
+from edrules.auth.dmarc import Alignment, Policy, RecordStatus, is_dmarc_record, lookup_dmarc, parse_dmarc_record
 from edrules.auth.findings import Area, Finding, Severity
 from edrules.auth.resolver import DnsError, NXDomain, OverlayResolver, PermError, Resolver, ZoneResolver
 from edrules.auth.spfcheck import analyse_spf, txt_rdata
@@ -151,6 +151,11 @@ def _check_dkim(domain: str, resolver: Resolver, selectors: list[str]) -> list[F
 _DMARC_KEEP = ("v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "rf", "ri", "np")
 
 
+def _usable_uri(uri: str) -> bool:
+    rec = parse_dmarc_record(f"v=DMARC1; p=none; rua={uri}", "x.example")
+    return bool(uri) and rec.rua == (uri,)
+
+
 def fix_dmarc(text: str, domain: str) -> str:
     """`text` repaired and hardened: an enforcing p=, no pct<100, sp= no weaker than p=, a rua=.
 
@@ -159,14 +164,20 @@ def fix_dmarc(text: str, domain: str) -> str:
     for part in text.split(";"):
         name, sep, value = part.partition("=")
         name, value = name.strip().lower(), value.strip()
-        if sep and name in _DMARC_KEEP and name not in tags and value:
+        if sep and name in _DMARC_KEEP and name not in tags and value and value.isascii() and value.isprintable():
             tags[name] = value
+    for name in ("rua", "ruf"):
+        # keep only the report URIs receivers use; an invalid one is ignored by them anyway
+        uris = [u.strip() for u in tags.get(name, "").split(",") if _usable_uri(u.strip())]
+        tags[name] = ",".join(uris)
+        if not uris:
+            del tags[name]
+    tags.pop("pct", None)  # default 100
     tags.pop("v", None)
     p = tags.get("p", "").lower()
     tags["p"] = p if p in ("quarantine", "reject") else "quarantine"
     if tags.get("sp", "").lower() not in ("quarantine", "reject"):
         tags.pop("sp", None)  # inherit p=
-    tags.pop("pct", None)  # default 100
     for name in ("adkim", "aspf"):
         if tags.get(name, "").lower() not in ("r", "s"):
             tags.pop(name, None)

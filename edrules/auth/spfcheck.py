@@ -296,10 +296,15 @@ def flatten_spf(text: str, resolver: Resolver) -> str | None:
 
 def txt_rdata(value: str) -> str:
     """A TXT value in master-file syntax: quoted character-strings of at most 255 octets
-    (RFC 1035 3.3.14), which receivers join without spaces (RFC 7208 3.3)."""
-    raw = value.encode()
-    chunks = [raw[i:i + 255].decode("utf-8", "replace") for i in range(0, len(raw), 255)] or [""]
-    return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+    (RFC 1035 3.3.14), which receivers join without spaces (RFC 7208 3.3). Bytes outside
+    printable ASCII (surrogate escapes from DNS included) are written as \\DDD."""
+    raw = value.encode("utf-8", "surrogateescape")
+    chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+
+    def text(chunk: bytes) -> str:
+        return "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:03d}" for b in chunk)
+
+    return " ".join(f'"{text(c)}"' for c in chunks)
 
 
 def _probe(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
