@@ -303,3 +303,29 @@ def test_every_dns_check_option_and_auth_entry_point_is_documented():
     codes = set(re.findall(r'"((?:mx|spf|dkim|dmarc)\.[a-z-]+)"', source))
     assert len(codes) > 30
     assert [c for c in sorted(codes) if f"`{c}`" not in doc] == []
+
+
+def test_cli_dns_check_on_binary_and_bind_zone_files_exits_two_or_works(tmp_path):
+    """Issue 8 item 7: both printed "internal error" and exited 70."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "edrules.cli", "dns-check", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    binary = tmp_path / "binary.zone"
+    binary.write_bytes(bytes(range(256)) * 4)
+    bad = run("example.com", "--zone", str(binary))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: bad zone file: not UTF-8 text")
+    assert len(bad.stderr.strip().splitlines()) == 1 and f"{binary}:" in bad.stderr
+    bind = tmp_path / "example.com.zone"
+    bind.write_text("$ORIGIN example.com.\n$TTL 3600\n"
+                    "@ IN SOA ns1.example.com. hostmaster.example.com. ( 1 7200 3600 1209600 3600 )\n"
+                    "@ IN NS ns1\n@ IN MX 10 mx.gateway.example.\nns1 IN A 192.0.2.1\n"
+                    '@ IN TXT "v=spf1 ip4:192.0.2.0/28 -all"\n'
+                    '_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:d@example.com"\n'
+                    "$ORIGIN gateway.example.\nmx IN A 192.0.2.25\n")
+    ok = run("example.com", "--zone", str(bind), "--gateway-mx", "mx.gateway.example")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[0] == "example.com: info"  # only dkim.not-checked

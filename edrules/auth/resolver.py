@@ -27,6 +27,7 @@ from edrules.errors import EdrulesError, Location
 OFFLINE_ENV = "EDRULES_DNS"
 
 MAX_CNAME_CHAIN = 8
+MAX_ZONE_BYTES = 64 << 20  # far above any mail domain's zone; bounds what one file may cost
 
 
 class DnsError(Exception):
@@ -141,6 +142,9 @@ class ZoneResolver:
                 if not p.is_file():
                     # a FIFO would block for ever, /dev/zero would fill memory
                     raise EdrulesError("cannot read zone file: not a regular file", Location(str(p)))
+                if p.stat().st_size > MAX_ZONE_BYTES:
+                    raise EdrulesError(f"cannot read zone file: larger than {MAX_ZONE_BYTES >> 20} MiB",
+                                       Location(str(p)))
                 data = p.read_bytes()
             except OSError as exc:
                 raise EdrulesError(f"cannot read zone file: {exc.strerror}", Location(str(p))) from None
