@@ -15,7 +15,7 @@ import dkim as dkimpy
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edrules.auth import authenticate
@@ -176,3 +176,57 @@ def test_explain_survives_hostile_dkim_signature_and_dmarc_results(sig, ar):
                f"DKIM-Signature: {clean(sig)}\r\n").encode("utf-8", "surrogateescape") + MESSAGE
     explanation = explain_message(message, trusted_authserv_ids=["mx.example.net"])
     assert explanation is not None
+
+
+_SPF_TERMS = ["ip4:192.0.2.0/28", "ip4:198.51.100.7", "ip6:2001:db8::/32", "ip4:300.1.1.1", "ip4:", "a", "mx",
+              "a:mx.example.org", "mx:gone.example.org", "a/24", "a:mx.example.org/24//64", "mx//64",
+              "include:i.example.org", "include:gone.example.org", "include:loop.example.org",
+              "include:example.org", "include:%{d}.example.org", "exists:%{i}.x.example.org", "ptr",
+              "?include:i.example.org", "-include:i.example.org", "redirect=i.example.org",
+              "redirect=example.org", "redirect=gone.example.org", "exp=explain.example.org", "foo=bar",
+              "+all", "-all", "~all", "?all", "all", "bogus", "1=2", "-ip4:192.0.2.1"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(terms=st.lists(st.sampled_from(_SPF_TERMS), max_size=14), relays=st.booleans())
+def test_no_spf_record_crashes_dns_check_and_every_suggested_record_rechecks_clean(terms, relays):
+    """Issue 8 item 8 as a property: whatever the SPF tree, a `publish:` record, once
+    published, leaves no SPF error (loops, self-redirects, missing includes, +all included)."""
+    zone = OverlayResolver(ZoneResolver.from_text(
+        "$ORIGIN example.org.\n@ IN MX 10 mx.example.org.\nmx IN A 192.0.2.25\nmx IN AAAA 2001:db8::25\n"
+        'i IN TXT "v=spf1 ip4:198.51.100.0/24 a:mx.example.org include:j.example.org ~all"\n'
+        'j IN TXT "v=spf1 ip6:2001:db8:1::/48 -all"\n'
+        'loop IN TXT "v=spf1 include:loop2.example.org -all"\n'
+        'loop2 IN TXT "v=spf1 include:loop.example.org -all"\n'), txt={"example.org": ["v=spf1 " + " ".join(terms)]})
+    kwargs = {"gateway_relays": ["192.0.2.0/28"]} if relays else {}
+    report = check_domain("example.org", zone, **kwargs)
+    for f in report.findings:
+        if f.suggestion and f.area == "spf":
+            again = check_domain("example.org", publish(zone, f.suggestion), **kwargs)
+            assert not [g for g in again.findings if g.area == "spf" and g.severity >= Severity.ERROR], (
+                f.suggestion, [g.message for g in again.findings])
+
+
+_header_line = st.one_of(
+    st.sampled_from(["From: a@example.org", "From: (", ") <ceo@example.org>", "From: a@example.org, b@example.net",
+                     "From: <<a@b>>", "From: =?utf-8?b?YUBleGFtcGxlLm9yZw==?=", "From:", " folded continuation",
+                     "DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=sel; h=from; bh=AAAA; b=AAAA",
+                     "DKIM-Signature: v=1; a=rsa-sha1; d=example.org; s=sel; h=from; bh=; b=",
+                     "ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.org; s=sel; b=AAAA",
+                     "ARC-Message-Signature: i=1; a=rsa-sha256; d=example.org; s=sel; h=from; bh=AAAA; b=AAAA",
+                     "ARC-Authentication-Results: i=1; example.org; spf=pass",
+                     "Authentication-Results: example.org; dmarc=pass", "Subject: x", "no colon here"]),
+    st.text(max_size=60).map(lambda s: s.replace("\r", "").replace("\n", "")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(_header_line, max_size=10), ip=st.sampled_from(["192.0.2.1", "2001:db8::1", "not-an-ip", ""]),
+       sender=st.sampled_from(["alice@example.org", "", "<>", "@", "a@b@c", "x" * 300]))
+@example(lines=[], ip="", sender="alice@example.org")  # pyspf raised AttributeError (no cidrmax)
+def test_no_header_block_or_envelope_crashes_authenticate(lines, ip, sender):
+    zone = OverlayResolver(BASE, txt={"_dmarc.example.org": ["v=DMARC1; p=reject"],
+                                      "sel._domainkey.example.org": ["v=DKIM1; s=email:web; p=AAAA"]})
+    message = "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n\r\nbody\r\n"
+    r = authenticate(message, ip, "mx.example.org", sender, zone)
+    assert r.spf.result in set(AuthResult) and r.dmarc.result in set(AuthResult)
+    assert all(o.result in set(AuthResult) for o in r.dkim)
