@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import dkim as dkimpy
 
 from edrules.auth.dkim import MIN_RSA_BITS, _quiet, usable_key
-from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver, txt_to_bytes
+from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver
 from edrules.errors import EdrulesError
 from edrules.facts import AuthResult
 
