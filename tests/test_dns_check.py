@@ -180,6 +180,7 @@ def test_cli_json_output_lists_findings_with_severity_and_suggestion():
     assert data["domain"] == "relayless.example" and data["worst"] == "error"
     relays = [f for f in data["findings"] if f["code"] == "spf.relay-not-authorised"]
     assert len(relays) == 2 and {f["severity"] for f in relays} == {"error"}
+    assert all(set(f) == {"area", "severity", "code", "message", "suggestion", "advice"} for f in data["findings"])
     # one corrected record authorises both relays
     assert {f["suggestion"] for f in relays} == {
         'relayless.example. IN TXT "v=spf1 ip4:203.0.113.0/24 ip4:192.0.2.0/28 ip6:2001:db8::/64 -all"'}
