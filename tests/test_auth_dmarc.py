@@ -61,6 +61,7 @@ def test_identifier_alignment_table(identifier, from_domain, mode, expected):
     ("v=DMARC1; pct=100", RecordStatus.NONE, {}),
     ("v=DMARC1; p=block", RecordStatus.NONE, {}),
     ("v=DMARC1; p=reject; sp=maybe", RecordStatus.NONE, {}),
+    ("v=DMARC1; p=block; rua=mailto:\udcc8@x.example", RecordStatus.NONE, {}),  # a URI is ASCII (RFC 3986)
     # RFC 7489 6.3: a syntax error in any other tag is ignored in favour of its default
     ("v=DMARC1; p=reject; pct=150", RecordStatus.OK, {"p": Policy.REJECT, "pct": 100}),
     ("v=DMARC1; p=reject; pct=ten", RecordStatus.OK, {"p": Policy.REJECT, "pct": 100}),

@@ -77,7 +77,7 @@ _ALIGN = {a.value: a for a in Alignment}
 # ABNF spells it %x44 %x4d %x41 %x52 %x43 %x31: case-sensitive); anything else is no DMARC record.
 _VERSION = re.compile(r"\s*[vV]\s*=\s*DMARC1\s*(;|$)")
 # RFC 3986 3.1 scheme ":" something, with DMARC's optional "!size" suffix (RFC 7489 6.4)
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s!,;]+(![0-9]+[kmgtKMGT]?)?")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[\x22-\x2b\x2d-\x3a\x3c-\x7e]+(![0-9]+[kmgtKMGT]?)?")  # ASCII only
 _REPORT_SCHEMES = ("mailto:", "https:", "http:")
 _KNOWN = {"v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "rf", "ri"}
 # DMARCbis tags: not RFC 7489, ignored without a warning
