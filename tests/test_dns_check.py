@@ -240,7 +240,7 @@ def _publish(zone_text: str, suggestion: str) -> str:
 
 
 @pytest.mark.parametrize("domain", sorted(TABLE))
-def test_rfc7208_every_published_suggestion_passes_a_rerun_of_dns_check(domain):
+def test_every_published_suggestion_passes_a_rerun_of_dns_check_with_no_error(domain):
     """Issue 8 item 8: each `publish:` record, published into a copy of the zone, leaves no
     error from any check; what only a person can fix carries advice and no record."""
     text = ZONE.read_text()
