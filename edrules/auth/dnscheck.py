@@ -218,7 +218,8 @@ def _check_dmarc(domain: str, resolver: Resolver) -> list[Finding]:
         return [Finding(Area.DMARC, Severity.ERROR, "dmarc.dns-error", "; ".join(rec.errors))]
     out: list[Finding] = []
     if rec.status is RecordStatus.NONE:
-        code = "dmarc.multiple" if " | " in rec.text else "dmarc.invalid"
+        several = any("6.6.3 step 5" in e for e in rec.errors)  # lookup_dmarc's several-records case
+        code = "dmarc.multiple" if several else "dmarc.invalid"
         out.append(Finding(Area.DMARC, Severity.ERROR, code, f"_dmarc.{rec.domain}: " + "; ".join(rec.errors)))
     else:
         out += _dmarc_policy_findings(domain, rec)
