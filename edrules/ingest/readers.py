@@ -189,28 +189,51 @@ def walk(paths: Sequence[str | Path]) -> Iterator[Path | Skipped | ReadFailure]:
         if stat.S_ISREG(mode):
             yield path
         elif stat.S_ISDIR(mode):
-            for root, dirs, files in os.walk(path):
-                is_maildir = "cur" in dirs and "new" in dirs
-                dirs[:] = sorted(d for d in dirs if not (is_maildir and d == "tmp"))
-                for name in sorted(files):
-                    reason = is_skipped_name(name)
-                    full = Path(root) / name
-                    if reason:
-                        yield Skipped(str(full), reason)
-                        continue
-                    try:
-                        mode = os.stat(full).st_mode
-                    except OSError as exc:
-                        yield ReadFailure(str(full), "file", "unreadable", exc.strerror or str(exc))
-                        continue
-                    if stat.S_ISREG(mode):
-                        yield full
-                    else:
-                        refused = _not_regular(mode)
-                        yield ReadFailure(str(full), "file", refused.error, refused.detail)
+            yield from _walk_dir(str(path))
         else:
             refused = _not_regular(mode)
             yield ReadFailure(str(path), "file", refused.error, refused.detail)
+
+
+def _walk_dir(root: str) -> Iterator[Path | Skipped | ReadFailure]:
+    """os.walk's top-down order (files of a folder, then its sorted subfolders; symlinked
+    folders not followed), on scandir entries: their cached file type tells a regular file
+    without a stat() per file; only symlinks and the rare non-regular entry are stat'ed."""
+    try:
+        with os.scandir(root) as it:
+            entries = list(it)
+    except OSError as exc:
+        yield ReadFailure(str(Path(root)), "file", "unreadable", exc.strerror or str(exc))
+        return
+    dirs, files = [], []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        (dirs if is_dir else files).append(e)
+    names = {d.name for d in dirs}
+    is_maildir = "cur" in names and "new" in names
+    for e in sorted(files, key=lambda e: e.name):
+        full = Path(e.path)
+        reason = is_skipped_name(e.name)
+        if reason:
+            yield Skipped(str(full), reason)
+            continue
+        try:
+            if e.is_file():
+                yield full
+                continue
+            mode = e.stat().st_mode
+        except OSError as exc:
+            yield ReadFailure(str(full), "file", "unreadable", exc.strerror or str(exc))
+            continue
+        refused = _not_regular(mode)
+        yield ReadFailure(str(full), "file", refused.error, refused.detail)
+    for d in sorted(dirs, key=lambda e: e.name):
+        if (is_maildir and d.name == "tmp") or d.is_symlink():
+            continue
+        yield from _walk_dir(d.path)
 
 
 def _head(path: Path, n: int = 4096) -> bytes:
