@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage
-from edrules.schema import ensure_schema
+from edrules.schema import connect_dataset, ensure_schema, require_ingestable
 
 _DKIM = pa.list_(
     pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()), ("org", pa.string())])
@@ -168,9 +168,19 @@ def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPy
     try:
         if str(db) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(db))
+    except OSError as exc:
+        raise EdrulesError(f"cannot create the database folder: {exc.strerror}", Location(str(db))) from None
+    # e.g. another process holds DuckDB's write lock, or the file is not a database
+    con = connect_dataset(str(db), read_only=False)
+    try:
+        # A foreign DuckDB file is refused before ensure_schema could add our tables to it.
+        require_ingestable(con, str(db))
         ensure_schema(con)
+    except EdrulesError:
+        con.close()
+        raise
     except (OSError, duckdb.Error) as exc:
+        con.close()
         # e.g. another process holds DuckDB's write lock, or the file is not a database
         raise EdrulesError(f"cannot open database: {str(exc).splitlines()[0]}", Location(str(db))) from None
     return con, True
