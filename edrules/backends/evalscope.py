@@ -27,14 +27,15 @@ class EvalDate:
     outliers: int = 0  # messages dated after it, left out of the choice
 
     def describe(self) -> str:
-        when = self.now.isoformat(sep=" ")
+        """One line of at most 100 columns for every report."""
+        when = f"{self.now:%Y-%m-%d %H:%M}"
         if self.basis == "given":
             return f"evaluation date {when} (given)"
         if self.basis == "empty":
             return f"evaluation date {when} (no dated messages)"
-        text = f"evaluation date {when} (a day after the newest message, {self.newest:%Y-%m-%d}"
+        text = f"evaluation date {when} (newest message {self.newest:%Y-%m-%d} + 1 day"
         if self.outliers:
-            text += f"; {self.outliers} message(s) with later, implausible dates ignored"
+            text += f"; {self.outliers} implausible later date(s) ignored"
         return text + ")"
 
 

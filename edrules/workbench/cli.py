@@ -138,6 +138,7 @@ def whatif(db: Path | None, packs: tuple[str, ...], dataset: str | None, now: st
     if len(packs) != 2:
         raise click.UsageError("give --pack exactly twice: the deployed pack, then the candidate")
     with Workbench(db or default_db(), dataset=dataset, now=_parse_now(now), backend=backend) as wb:
+        wb.con  # the dataset file and name are checked before anything else
         before = wb.pack(packs[0], pubkey_path=pubkey)
         after = wb.pack(packs[1], pubkey_path=pubkey)
         if before.name == after.name:

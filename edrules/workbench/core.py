@@ -378,8 +378,13 @@ class Workbench:
     def resolve_key(self, key: str) -> str:
         """The full msg_key of a key or of a unique prefix of one (reports print 12 characters)."""
         key = key.strip().lower()
+        exact = "msg_key = $k" + (" AND dataset = $ds" if self.dataset is not None else "")
+        if self.con.execute(f"SELECT 1 FROM messages WHERE {exact} LIMIT 1",
+                            {"k": key, **({"ds": self.dataset} if self.dataset is not None else {})}).fetchall():
+            return key
         if len(key) < 6:
-            raise EdrulesError(f"message key {key!r} is too short: give at least 6 characters of it")
+            raise EdrulesError(f"no message with key {key!r} (a prefix needs at least 6 characters)",
+                               Location(str(self.db)))
         where, params = "msg_key LIKE $p", {"p": key.replace("%", "").replace("_", r"\_") + "%"}
         if self.dataset is not None:
             where += " AND dataset = $ds"
