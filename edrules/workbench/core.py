@@ -425,6 +425,27 @@ class Workbench:
         rec = dict(zip(names, cur.fetchall()[0]))
         return MessageFacts.from_row(rec, tuple(rec.pop("_rcpts") or ()))
 
+    def export_match(self, pack: PackSource, export_dataset: str) -> dict[str, int]:
+        """Does the pack quarantine exactly what the gateway's quarantine export holds? Rows
+        are matched on (Message-ID, recipient) between this dataset and the export."""
+        require_known_dataset(self.con, export_dataset, str(self.db))
+        table = self.verdict_table(pack)
+        where = "AND v.dataset = $ds" if self.dataset is not None else ""
+        got = self.con.execute(f"""
+            WITH q AS (SELECT DISTINCT m.message_id, v.recipient FROM {table} v
+                       JOIN messages m ON m.dataset = v.dataset AND m.msg_key = v.msg_key
+                       WHERE v.action = 'quarantine' {where}),
+                 x AS (SELECT DISTINCT m.message_id, r.recipient FROM recipients r
+                       JOIN messages m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
+                       WHERE r.dataset = $export)
+            SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM q),
+                   (SELECT count(*) FROM q JOIN x USING (message_id, recipient)),
+                   (SELECT count(*) FROM x ANTI JOIN q USING (message_id, recipient)),
+                   (SELECT count(*) FROM q ANTI JOIN x USING (message_id, recipient))""",
+            {"export": export_dataset, **({"ds": self.dataset} if self.dataset is not None else {})}).fetchall()[0]
+        keys = ("export_rows", "quarantined_rows", "in_both", "only_in_export", "only_quarantined")
+        return {k: int(v) for k, v in zip(keys, got)}
+
     # -- traffic ----------------------------------------------------------------------------
 
     def overview(self) -> dict[str, Any]:
