@@ -104,30 +104,38 @@ def plot_transitions(diff: WhatIf, title: str | None = None) -> Figure:
     y = list(range(len(g)))
     sign = g["dir"].where(g["dir"] != 0, 1)
     auth, forged = g[False] * sign, g[True] * sign
-    colors = [COLORS.get(lab, COLORS["(none)"]) if d >= 0 else COLORS.get(lab, COLORS["(none)"])
-              for lab, d in zip(g["label"], g["dir"])]
-    ax.barh(y, auth, color=colors, edgecolor=["none" if d >= 0 else "#333333" for d in g["dir"]],
-            hatch=None)
-    ax.barh(y, forged, left=auth, color="white", edgecolor=COLORS["forged"], hatch="///")
+    # Stopped rows: the label's colour washed out with a dark edge, so stopped ham is visibly
+    # "lost mail", not the solid green of a delivery.
+    for i, r in g.iterrows():
+        a, f = auth.iloc[i], forged.iloc[i]
+        colour = COLORS.get(r["label"], COLORS["(none)"])
+        if r["dir"] < 0:
+            ax.barh([i], [a], color=colour, alpha=0.35, edgecolor="#333333", linewidth=1.2)
+        else:
+            ax.barh([i], [a], color=colour)
+        ax.barh([i], [f], left=a, color="white", edgecolor=COLORS["forged"], hatch="///")
     ax.axvline(0, color="#333333", linewidth=0.8)
     for i, r in g.iterrows():
         total = int(r[False] + r[True])
         text = f"{total}" + (f" ({int(r[True])} forged)" if r[True] else "")
         x = (r[False] + r[True]) * (sign.iloc[i])
-        ax.text(x, i, f"  {text}  " if r["dir"] >= 0 else f"{text}  ", va="center", fontsize=8,
+        ax.text(x, i, f"  {text}" if r["dir"] >= 0 else f"{text}  ", va="center", fontsize=8,
                 ha="left" if r["dir"] >= 0 else "right")
     kind = {1: "newly delivered", -1: "newly STOPPED", 0: "other change"}
     ax.set_yticks(y, [f"{kind[d]}: {t}  ·  {lab}" for t, lab, d in zip(g["transition"], g["label"], g["dir"])],
                   fontsize=8)
-    ax.margins(x=0.25)
-    lim = max(abs(v) for v in ax.get_xlim())
-    ax.set_xlim(-lim if (g["dir"] < 0).any() else ax.get_xlim()[0], lim)
+    # Room for the count labels on both sides; symmetric when anything was stopped.
+    lim = 1.4 * max(1, (g[False] + g[True]).max())
+    ax.set_xlim(-lim if (g["dir"] < 0).any() else 0, lim if (g["dir"] >= 0).any() else lim * 0.15)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: f"{abs(int(v))}"))
     # Legend keys: what the fills mean, independent of which labels appear.
     ax.barh([0], [0], color=COLORS["(none)"], label="bar colour: label (ham green, spam orange, phishing red)")
     ax.barh([0], [0], color="white", edgecolor=COLORS["forged"], hatch="///", label="forged From")
+    if (g["dir"] < 0).any():
+        ax.barh([0], [0], color=COLORS["(none)"], alpha=0.35, edgecolor="#333333",
+                label="washed out: newly stopped (held back)")
     _style(ax, title, xlabel="← newly stopped   ·   recipient rows   ·   newly delivered →")
-    _legend(ax, ncol=2)
+    _legend(ax, ncol=3)
     return fig
 
 
