@@ -71,7 +71,7 @@ def render_text(diff: WhatIf, limit: int, *, now_line: str | None = None) -> str
     summary["forged"] = summary["forged"].map({True: "yes", False: "no"})
     lines += ["", "changes by transition, label and forged From:"]
     lines += _table(summary, {"transition": 22, "label": 10, "forged": 6, "recipients": 10,
-                              "messages": 8, "top_senders": 40})
+                              "messages": 8, "top_senders": 44})
     top = diff.rows.head(limit).copy()
     top["msg_key"] = top["msg_key"].str[:12]
     top["forged"] = top["forged"].map({True: "yes", False: "no"})
