@@ -126,6 +126,8 @@ def test_choosing_relaxed_in_the_browser_shows_the_forged_mail_it_lets_in(page, 
     # the drill-down lists the rows of the first (most alarming) group in full
     assert "parcelzone.cz" in page.inner_text(".edr-drill-rows")
     _screenshot(page, voila, "rule-editor.png")
+    page.locator(".edr-drill-rows").scroll_into_view_if_needed()
+    _screenshot(page, voila, "rule-editor-drilldown.png")
 
 
 def _screenshot(page, voila, name: str) -> None:
@@ -137,7 +139,9 @@ def _screenshot(page, voila, name: str) -> None:
 
 
 def test_an_invalid_entry_in_the_browser_shows_the_parser_message_and_no_image(page, voila):
+    before = page.locator(".edr-entry").count()
     page.click(".edr-add")
+    page.wait_for_function(f"document.querySelectorAll('.edr-entry').length === {before + 1}", timeout=60_000)
     value = page.locator(".edr-entry").last.locator("input[placeholder='address, domain or CIDR']")
     value.fill("not an address")
     value.press("Enter")
@@ -147,6 +151,7 @@ def test_an_invalid_entry_in_the_browser_shows_the_parser_message_and_no_image(p
     _screenshot(page, voila, "rule-editor-invalid.png")
     page.locator(".edr-entry").last.locator(".edr-remove").click()
     page.wait_for_selector(".edr-figure", state="visible", timeout=60_000)
+    assert page.locator(".edr-entry").count() == before
 
 
 def test_compile_in_the_browser_writes_a_pack_that_verifies_with_its_key(page, voila, demo_db):

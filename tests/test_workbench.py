@@ -548,7 +548,7 @@ def test_rule_editor_shows_a_message_and_no_image_for_an_invalid_entry(wb, tmp_p
     assert ed.last is None and ed.figure.layout.display == "none"
     assert "do not compile, so there is no what-if to show" in ed.counts.value
     ed._remove(row)
-    assert ed.figure.layout.display is None and bytes(ed.figure.value).startswith(b"\x89PNG")
+    assert ed.figure.layout.display == "block" and bytes(ed.figure.value).startswith(b"\x89PNG")
 
 
 def test_rule_editor_drills_down_into_the_changed_rows_of_a_group(wb, tmp_path):

@@ -227,7 +227,7 @@ class RuleEditor:
         # Detail first: the counts are what a reader (and the browser test) waits on.
         self.detail.value = _summary_html(diff)
         self.figure.value = _png(plot_transitions(diff, title=f"What-if {diff.before} → {diff.after}"))
-        self.figure.layout.display = None
+        self.figure.layout.display = "block"  # None would leave the page's display:none
         groups = [(f"{r.transition} · {r.label} · {'forged From' if r.forged else 'From not forged'} "
                    f"({r.recipients} rows)", (r.transition, r.label, bool(r.forged)))
                   for r in diff.summary.itertuples()]
@@ -290,13 +290,14 @@ class EditorApp:
 
         self.out_dir = out_dir
         self.db = w.Text(value=str(db or default_db()), description="dataset file",
-                         layout=w.Layout(width="520px"))
+                         style={"description_width": "110px"}, layout=w.Layout(width="560px"))
         self.dataset = w.Combobox(value=dataset or os.environ.get(ENV_DATASET, "demo"),
                                   description="dataset", placeholder="(all)", ensure_option=False,
                                   layout=w.Layout(width="300px"))
         self.rules = w.Text(value=str(rules or os.environ.get(ENV_RULES)
                                       or repo_data_dir() / "rules" / "current.yaml"),
-                            description="deployed rules", layout=w.Layout(width="520px"))
+                            description="deployed rules", style={"description_width": "110px"},
+                            layout=w.Layout(width="560px"))
         self.open_button = w.Button(description="open", button_style="info")
         self.open_button.add_class("edr-open")
         self.open_button.on_click(lambda _b: self.open())
@@ -337,7 +338,7 @@ def _rows_html(rows, limit: int = 50) -> str:
     """Changed rows in full (wrapped, never cut), a missing value as '-'."""
     if rows.empty:
         return ""
-    td = "<td style='padding:2px 10px 2px 0;vertical-align:top;white-space:normal;word-break:break-word'>"
+    td = "<td style='padding:2px 10px 2px 0;vertical-align:top;white-space:normal;overflow-wrap:break-word'>"
     body = []
     for r in rows.head(limit).to_dict(orient="records"):
         cells = []
