@@ -838,3 +838,18 @@ def test_corpus_dataset_runs_suggest_whatif_exposure_compare_and_the_editor_roun
 
 
 MAX_FOR_A_FIX = 20
+
+
+def test_readme_whatif_and_evaluate_output_fits_100_columns_and_uses_the_current_headers(mini_db, packs):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("$ edrules whatif"))
+    end = next(i for i in range(start + 1, len(readme)) if readme[i].startswith("$ "))
+    block = readme[start + 1:end]
+    assert block and max(len(line) for line in block) <= 100
+    ours = _cli("whatif", "--db", str(mini_db), "--pack", str(packs[0]), "--pack", str(packs[1]), "--limit", "3")
+    shown_headers = [line for line in ours.output.splitlines() if line.endswith(":") or line.startswith(
+        ("transition ", "msg_key "))]
+    for header in shown_headers:
+        head = header.split(" (")[0] if header.startswith("changed rows") else header.split()[0]
+        assert any(line.startswith(head) for line in block), header
+    assert any(line.startswith("evaluation date ") for line in block)
