@@ -66,7 +66,8 @@ class Workbench:
 
     Read-only (the default) works on an in-memory snapshot of the file taken on first use:
     a notebook kernel or dashboard left open never holds the file's lock, so `edrules ingest`
-    is never blocked by it. `reload()` takes a fresh snapshot.
+    is never blocked by it. `reload()` takes a fresh snapshot. `snapshot=False` reads the file
+    in place instead (no copy, but the open connection blocks writers).
     """
 
     # Tables copied into a read-only snapshot whatever their size; the others (headers,
@@ -76,8 +77,9 @@ class Workbench:
 
     def __init__(self, db: str | Path | None = None, *, dataset: str | None = None,
                  now: datetime | None = None, backend: Backend | str = Backend.SQL,
-                 read_only: bool = True):
+                 read_only: bool = True, snapshot: bool = True):
         self.db = Path(db) if db is not None else default_db()
+        self.snapshot = snapshot
         self.dataset = dataset
         self.backend = Backend(backend)
         self.read_only = read_only
@@ -94,7 +96,10 @@ class Workbench:
             if self.read_only and not self.db.is_file():
                 raise EdrulesError("no dataset here: run `edrules demo` or Workbench.load(paths)",
                                    Location(str(self.db)))
-            con = self._snapshot() if self.read_only else connect(self.db, read_only=False)
+            if self.read_only and self.snapshot:
+                con = self._snapshot()
+            else:  # a writer, or a read-only connection that holds the file's shared lock
+                con = connect(self.db, read_only=self.read_only)
             try:
                 require_dataset(con, str(self.db))
                 require_known_dataset(con, self.dataset, str(self.db))
