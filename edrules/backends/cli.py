@@ -115,8 +115,9 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
             counts = [(a, k, n) for (a, k), n in c.items()]
     finally:
         con.close()
-    click.echo(f"pack {pack.name} ({backend} backend)" + (f", dataset {dataset}" if dataset else ""))
-    click.echo(when.describe())
+    # One header line (the table follows it directly, as scripts read it), with the date used.
+    click.echo(f"pack {pack.name} ({backend} backend)" + (f", dataset {dataset}" if dataset else "")
+               + f", {when.short()}")
     if not counts:
         raise EdrulesError("0 recipient rows were evaluated: the dataset has no recipient rows "
                            "to judge, so there are no counts to show")

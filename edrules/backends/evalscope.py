@@ -26,6 +26,11 @@ class EvalDate:
     newest: datetime | None = None  # newest message date believed
     outliers: int = 0  # messages dated after it, left out of the choice
 
+    def short(self) -> str:
+        """'evaluation date 2025-10-01 21:28' plus, when dates were ignored, how many."""
+        text = f"evaluation date {self.now:%Y-%m-%d %H:%M}"
+        return text + (f" ({self.outliers} implausible later dates ignored)" if self.outliers else "")
+
     def describe(self) -> str:
         """One line of at most 100 columns for every report."""
         when = f"{self.now:%Y-%m-%d %H:%M}"

@@ -176,7 +176,8 @@ def plot_auth_by_provider(auth: pd.DataFrame, title: str = "Authentication by se
     y = range(len(a))
     ax.barh(y, a["messages"], color="#d9d9d9", label="messages")
     ax.barh([i + 0.2 for i in y], a["aligned"], height=0.3, color=COLORS["aligned"], label="aligned SPF/DKIM/DMARC")
-    ax.barh([i - 0.2 for i in y], a["forged"], height=0.3, color=COLORS["forged"], label="forged From")
+    ax.barh([i - 0.2 for i in y], a["forged"], height=0.3, color="white", edgecolor=COLORS["forged"],
+            hatch="///", label="forged From")
     ax.set_yticks(list(y), a["provider"], fontsize=8)
     _style(ax, title, xlabel="messages")
     _legend(ax)
@@ -265,9 +266,11 @@ def plot_exposure(exposure: pd.DataFrame, title: str = "Forgery exposure of allo
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * len(e)))
     y = list(range(len(e)))
     ax.barh(y, e["messages"], color="#d9d9d9", label="delivered by the entry")
-    ax.barh([i + 0.2 for i in y], e["unaligned"], height=0.25, color=COLORS["spam"], label="not aligned-authenticated")
-    ax.barh([i - 0.05 for i in y], e["forged"], height=0.25, color=COLORS["forged"], label="forged From")
-    ax.barh([i - 0.3 for i in y], e["unusual_network"], height=0.25, color="#6b3fa0", label="unusual network")
+    # Label colours stay reserved for labels: suspicion is grey / blue, a forged From hatched red.
+    ax.barh([i + 0.2 for i in y], e["unaligned"], height=0.25, color="#7a7a7a", label="not aligned-authenticated")
+    ax.barh([i - 0.05 for i in y], e["forged"], height=0.25, color="white", edgecolor=COLORS["forged"],
+            hatch="///", label="forged From")
+    ax.barh([i - 0.3 for i in y], e["unusual_network"], height=0.25, color=COLORS["targets"], label="unusual network")
     ax.set_yticks(y, [f"{r.entry_id}" for r in e.itertuples()], fontsize=8)
     _style(ax, title, xlabel="messages")
     _legend(ax)
