@@ -853,3 +853,16 @@ def test_readme_whatif_and_evaluate_output_fits_100_columns_and_uses_the_current
         head = header.split(" (")[0] if header.startswith("changed rows") else header.split()[0]
         assert any(line.startswith(head) for line in block), header
     assert any(line.startswith("evaluation date ") for line in block)
+
+
+def test_the_evaluation_date_keeps_the_last_days_of_a_years_long_steady_dataset(tmp_path):
+    from edrules.backends.evalscope import default_now
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE messages AS SELECT 't' AS dataset, "
+                "TIMESTAMP '2022-01-01' + INTERVAL (i) HOUR * 6 AS received_at FROM range(4380) r(i)")
+    newest = con.execute("SELECT max(received_at) FROM messages").fetchall()[0][0]
+    got = default_now(con, clock=datetime(2026, 1, 1))
+    assert got.newest == newest and got.outliers == 0  # 3 years: the last 1% spans 11 days
+    con.execute("INSERT INTO messages VALUES ('t', TIMESTAMP '2025-12-20')")  # a year past the rest
+    assert default_now(con, clock=datetime(2026, 1, 1)).newest == newest

@@ -11,9 +11,12 @@ import duckdb
 
 from edrules.errors import EdrulesError, Location
 
-# A message dated more than this after the 99th percentile of dates is an outlier (a forged
-# or broken Date:, such as 2031 in a 2024 phishing trap), not "the newest message".
+# A message dated more than max(OUTLIER_GAP, OUTLIER_SHARE of the 1st-99th percentile span)
+# after the 99th percentile of dates is an outlier (a forged or broken Date:, such as 2031 in
+# a 2024 phishing trap), not "the newest message". The share keeps the last days of a
+# years-long steady dataset (whose last 1% spans more than a week) from being cut off.
 OUTLIER_GAP = timedelta(days=7)
+OUTLIER_SHARE = 0.10
 QUANTILE = 0.99
 
 
@@ -75,19 +78,19 @@ def default_now(con: duckdb.DuckDBPyConnection, dataset: str | None = None, *,
     """A day after the newest *plausible* message date, so the same data and rules always give
     the same numbers and entries expiring that day still count.
 
-    Plausible: not after this machine's clock (plus a day), and not more than OUTLIER_GAP after
-    the 99th percentile of dates. One forged future Date: therefore cannot move every expiry
+    Plausible: not after this machine's clock (plus a day), and not far after the 99th
+    percentile of dates (OUTLIER_GAP, or OUTLIER_SHARE of the dataset's span if longer). One forged future Date: therefore cannot move every expiry
     decision of the dataset.
     """
     clock = (clock or datetime.now(timezone.utc)).replace(tzinfo=None) + timedelta(days=1)
     where = "AND dataset = $ds" if dataset is not None else ""
     params: dict = {"clock": clock, **({"ds": dataset} if dataset is not None else {})}
-    q, = con.execute(
-        f"SELECT quantile_disc(received_at, {QUANTILE}) FROM messages "
-        f"WHERE received_at IS NOT NULL AND received_at <= $clock {where}", params).fetchall()
-    if q[0] is None:
+    lo, hi = con.execute(
+        f"SELECT quantile_disc(received_at, {1 - QUANTILE}), quantile_disc(received_at, {QUANTILE}) "
+        f"FROM messages WHERE received_at IS NOT NULL AND received_at <= $clock {where}", params).fetchall()[0]
+    if hi is None:
         return EvalDate(datetime(2000, 1, 1), "empty")
-    params["limit"] = q[0] + OUTLIER_GAP
+    params["limit"] = hi + max(OUTLIER_GAP, (hi - lo) * OUTLIER_SHARE)
     newest, outliers = con.execute(
         f"""SELECT max(received_at) FILTER (WHERE received_at <= least($clock, $limit)),
                    count(*) FILTER (WHERE received_at > least($clock, $limit))
