@@ -1,7 +1,11 @@
 """Write the analyst notebooks (01-06) and the rule-editor dashboard from this one reviewable script.
 
-Run `python notebooks/build.py` after editing; the .ipynb files are generated output (no
-outputs stored). Notebooks hold prose and calls into edrules.workbench, never logic.
+Run `python notebooks/build.py` after editing the cells, then `python notebooks/build.py
+--execute` to run 01-06 in order against a fresh database built from data/ and store their
+outputs, so the notebooks read on a repository page. `--check` fails when a notebook's cells
+differ from this script (outputs are not compared here; tests/test_notebooks.py compares the
+committed numbers with a fresh run's). Notebooks hold prose and calls into edrules.workbench,
+never logic.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ SETUP = """\
 from edrules.workbench import Workbench, plots
 from edrules.workbench.display import show_figure, show_numbers, show_table
 
-wb = Workbench(dataset="demo")  # $EDRULES_DB, else data/edrules.duckdb
-current = wb.pack(wb.rules("current.yaml"))"""
+wb = Workbench(dataset="demo")  # $EDRULES_DB, else data/edrules.duckdb; a read-only snapshot
+current = wb.pack(wb.rules("current.yaml"))
+print(wb.now_used.describe())"""
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
 
@@ -55,6 +60,7 @@ deployment they come from the upstream scanner or from analysts' verdicts."""),
     ("code", """\
 wb = Workbench(dataset="demo")
 overview = wb.overview()
+print(wb.now_used.describe())
 show_numbers("demo tenant", overview)"""),
     ("code", """\
 show_figure(plots.plot_volume(wb.volume(), title="Demo tenant: recipient rows per day, by label"), "01-load-data")"""),
@@ -87,7 +93,10 @@ show_table(wb.counts(current))
 show_numbers("deployed policy", wb.action_counts(current))"""),
     ("md", """\
 The gateway's own quarantine export (dataset `demo-quarantine`) is an independent record of the
-same month: its recipient rows should equal the quarantined rows above."""),
+same month. Matched on (Message-ID, recipient), the rows the deployed policy quarantines and the
+rows of the export should be the same rows: none only in one of them."""),
+    ("code", """\
+show_numbers("quarantine export match", wb.export_match(current, "demo-quarantine"))"""),
     ("md", "## Top senders"),
     ("code", """\
 top = wb.top_senders(n=12)
@@ -97,8 +106,11 @@ show_table(top)"""),
 ## Authentication by sending network
 
 Mail through a bulk network (Amazon SES, Mailchimp) has an envelope sender at the network, so
-under the strict From-policy it looks like a forgery of the brand unless the brand's own DKIM
-signature (or a pair rule) vouches for it."""),
+under the strict From-policy it is a forgery of the brand **even when the brand's own DKIM
+signature passes**: strict compares the header From's organisation with the envelope's and
+nothing else (docs/rules.md, step 5). Only a pair entry (`via: amazonses`), a bulk-mailer
+`allow`, or the `aligned` From-policy (which does accept a passing aligned DKIM signature)
+delivers such mail."""),
     ("code", """\
 auth = wb.auth_by_provider()
 show_figure(plots.plot_auth_by_provider(auth), "02-explore-traffic")
@@ -151,6 +163,7 @@ Here is everything it would change over the month, most alarming rows first.""")
     ("code", """\
 relaxed = wb.whatif(current, wb.rules("fix-relaxed.yaml"))
 show_figure(plots.plot_transitions(relaxed), "03-relaxed-transitions")
+show_figure(plots.plot_whatif_over_time(relaxed, "week"), "03-relaxed-over-time")
 show_table(relaxed.summary)
 show_table(relaxed.forged_let_in, max_rows=10, hide=("dataset", "action_before", "action_after", "decision_before", "aligned_auth", "subject"))
 show_numbers("relaxed what-if", relaxed.counts())"""),
@@ -195,6 +208,15 @@ show_numbers("aligned to relaxed", beyond.counts())"""),
 exposure = wb.exposure(wb.rules("fix-relaxed.yaml"))
 show_figure(plots.plot_exposure(exposure), "04-exposure")
 show_table(exposure)"""),
+    ("md", """\
+## Which allow entries are used at all?
+
+Per entry: the recipient rows it decided (hits), the first and last hit, and how many of them had
+a forged From. Under the deployed strict policy neither user entry ever applies: the "last used"
+date that tells which entries to prune, or to fix."""),
+    ("code", """\
+show_table(wb.hits(current))
+show_table(wb.hits(wb.rules("fix-relaxed.yaml")))"""),
 ]
 
 NOTEBOOKS["05-bulk-mailers"] = [
@@ -253,6 +275,16 @@ deployed_vs_new = wb.whatif(current, loaded)
 show_figure(plots.plot_transitions(deployed_vs_new), "06-compile-and-deploy")
 show_table(deployed_vs_new.rows, hide=("dataset", "action_before", "action_after", "subject"))
 show_numbers("recomputed what-if", deployed_vs_new.counts())"""),
+    ("md", """\
+## What the reviewer sees: the rules diff, change by change
+
+Each difference between the deployed rules and the new file, with the what-if of that change
+alone (`edrules whatif --by-change` prints the same)."""),
+    ("code", """\
+show_table(wb.diff(current, compiled.rules_path))"""),
+    ("md", """\
+Deploying the verified pack to the gateway (`edrules milter --pack ... --pubkey ...`) is the
+gateway runtime's job; see README.md."""),
 ]
 
 DASHBOARD: list[tuple[str, str]] = [
@@ -262,12 +294,12 @@ DASHBOARD: list[tuple[str, str]] = [
 Edit the allow and block entries, the From-policy and the bulk-mailer policies; the what-if
 against the deployed pack updates as you go. Compile signs the pack."""),
     ("code", """\
-from edrules.workbench import Workbench
-from edrules.workbench.editor import RuleEditor
+# Any dataset and rules file: $EDRULES_DB, $EDRULES_DATASET and $EDRULES_RULES set the start
+# (default: the demo tenant and data/rules/current.yaml); the fields at the top change them.
+from edrules.workbench.editor import EditorApp
 
-wb = Workbench(dataset="demo")
-editor = RuleEditor(wb, deployed=wb.rules("current.yaml"))
-editor.widget"""),
+app = EditorApp()
+app.widget"""),
 ]
 
 
@@ -288,20 +320,62 @@ def targets() -> dict[Path, nbformat.NotebookNode]:
     return out
 
 
+def sources(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
+    return [(c.get("id", ""), c.cell_type, c.source) for c in nb.cells]
+
+
 def main(check: bool = False) -> int:
     stale = []
     for path, nb in targets().items():
-        text = nbformat.writes(nb) + "\n"
         if check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
+            if not path.exists() or sources(nbformat.read(path, as_version=4)) != sources(nb):
                 stale.append(path)
             continue
+        if path.exists() and sources(nbformat.read(path, as_version=4)) == sources(nb):
+            continue  # unchanged cells: keep the stored outputs
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
     for p in stale:
         print(f"stale: {p.relative_to(ROOT)} (run python notebooks/build.py)")
     return 1 if stale else 0
 
 
+def execute(names: list[str] | None = None, *, env: dict[str, str] | None = None,
+            write: bool = True) -> dict[str, nbformat.NotebookNode]:
+    """Run the analyst notebooks in order against a fresh database made from data/ (01 builds
+    it); with `write`, store them with their outputs. Returns the executed notebooks."""
+    import os
+    import tempfile
+
+    from nbclient import NotebookClient
+
+    names = names or list(NOTEBOOKS)
+    done: dict[str, nbformat.NotebookNode] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_env = env or {"EDRULES_DB": f"{tmp}/edrules.duckdb", "EDRULES_OUT": f"{tmp}/out",
+                          "EDRULES_DATA": str(ROOT / "data")}
+        saved = {k: os.environ.get(k) for k in run_env}
+        os.environ.update(run_env)  # the kernel inherits the environment
+        try:
+            for name in names:
+                nb = notebook(NOTEBOOKS[name])
+                NotebookClient(nb, timeout=300, kernel_name="python3", record_timing=False,
+                               resources={"metadata": {"path": str(HERE)}}).execute()
+                done[name] = nb
+                if write:
+                    (HERE / f"{name}.ipynb").write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return done
+
+
 if __name__ == "__main__":
+    if "--execute" in sys.argv:
+        main()
+        execute()
+        sys.exit(0)
     sys.exit(main(check="--check" in sys.argv))

@@ -123,14 +123,38 @@ def test_choosing_relaxed_in_the_browser_shows_the_forged_mail_it_lets_in(page, 
     assert count(page, "phishing") == str(forged_parcel) == "3"
     assert "parcelzone.cz" in page.inner_text(".edr-editor")
     assert page.locator(".edr-figure").first.is_visible()  # the what-if plot, drawn in the page
-    shot = voila[1] / "rule-editor.png"
+    # the drill-down lists the rows of the first (most alarming) group in full
+    assert "parcelzone.cz" in page.inner_text(".edr-drill-rows")
+    _screenshot(page, voila, "rule-editor.png")
+    page.locator(".edr-drill-rows").scroll_into_view_if_needed()
+    _screenshot(page, voila, "rule-editor-drilldown.png")
+
+
+def _screenshot(page, voila, name: str) -> None:
+    shot = voila[1] / name
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("EDRULES_SCREENSHOTS"):  # refresh docs/screenshots on request only
         Path(os.environ["EDRULES_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(os.environ["EDRULES_SCREENSHOTS"]) / "rule-editor.png")
+        shutil.copy(shot, Path(os.environ["EDRULES_SCREENSHOTS"]) / name)
 
 
-def test_compile_in_the_browser_writes_a_pack_that_verifies_with_its_key(page, voila):
+def test_an_invalid_entry_in_the_browser_shows_the_parser_message_and_no_image(page, voila):
+    before = page.locator(".edr-entry").count()
+    page.click(".edr-add")
+    page.wait_for_function(f"document.querySelectorAll('.edr-entry').length === {before + 1}", timeout=60_000)
+    value = page.locator(".edr-entry").last.locator("input[placeholder='address, domain or CIDR']")
+    value.fill("not an address")
+    value.press("Enter")
+    page.wait_for_selector(".edr-error", timeout=60_000)
+    assert "do not compile" in page.inner_text(".edr-counts")
+    assert not page.locator(".edr-figure").first.is_visible()  # hidden, not a broken image
+    _screenshot(page, voila, "rule-editor-invalid.png")
+    page.locator(".edr-entry").last.locator(".edr-remove").click()
+    page.wait_for_selector(".edr-figure", state="visible", timeout=60_000)
+    assert page.locator(".edr-entry").count() == before
+
+
+def test_compile_in_the_browser_writes_a_pack_that_verifies_with_its_key(page, voila, demo_db):
     page.click(".edr-from-policy button:has-text('strict')")
     page.wait_for_function("document.querySelector('.edr-count[data-key=changed]').innerText.trim() === '0'",
                            timeout=60_000)
@@ -139,6 +163,7 @@ def test_compile_in_the_browser_writes_a_pack_that_verifies_with_its_key(page, v
     page.click(".edr-compile")
     page.wait_for_selector(".edr-signed", timeout=60_000)
     out = voila[1]
-    loaded = load_pack(out / "northwind-browser.json", pubkey_path=out / "keys" / "edrules-pack.pub")
+    # signed with the demo's key: packs/keys next to the dataset
+    loaded = load_pack(out / "northwind-browser.json", pubkey_path=demo_db.parent / "packs" / "keys" / "edrules-pack.pub")
     assert loaded.name == "northwind-browser" and loaded.signed_by is not None
     assert loaded.metadata["whatif"]["counts"]["changed"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
@@ -37,36 +38,62 @@ def format_counts(counts: list[tuple[str, str, int]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """What evaluate needs of a pack or rules file: its name and policy."""
+
+    name: str
+    policy: object
+
+
+def _load_policy(path: str, *, pubkey: str | None, allow_unsigned: bool) -> _Named:
+    """A signed pack (.json) as the gateway loads it, or a rules file (.yaml), as whatif takes."""
+    if path.endswith((".yaml", ".yml")):
+        from edrules.rules.parse import parse_rules_file
+
+        if not Path(path).is_file():
+            raise EdrulesError("no such rules file", Location(path))
+        policy = parse_rules_file(path)
+        return _Named(policy.name, policy)
+    from edrules.pack import load_pack
+
+    loaded = load_pack(path, pubkey_path=pubkey, allow_unsigned=allow_unsigned)
+    return _Named(loaded.name, loaded.policy)
+
+
 @click.command()
 @click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
               help="DuckDB dataset file (edrules ingest).")
 @click.option("--pack", "pack_path", required=True, type=click.Path(dir_okay=False),
-              help="Compiled rule pack (edrules pack compile).")
+              help="Compiled rule pack (edrules pack compile) or a rules file (.yaml).")
 @click.option("--backend", type=click.Choice(["sql", "runtime"]), default="sql", show_default=True,
               help="sql: one DuckDB query over the dataset; runtime: the gateway's evaluator per message.")
-@click.option("--dataset", default=None, help="Only this dataset (default: all).")
+@click.option("--dataset", default=None, help="Only this dataset (default: all); an unknown name is an error.")
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="Write one verdict row per recipient to this Parquet file.")
 @click.option("--now", "now_text", default=None,
-              help="Evaluation date for entry expiry (YYYY-MM-DD; default: today, UTC).")
+              help="Evaluation date for entry expiry (YYYY-MM-DD; default: a day after the newest "
+                   "plausible message, as in whatif).")
 @click.option("--pubkey", default=None, type=click.Path(dir_okay=False),
               help="Trusted public key the pack must be signed by.")
 @click.option("--allow-unsigned", is_flag=True, help="Accept an unsigned pack (development only).")
 def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, out_path: str | None,
              now_text: str | None, pubkey: str | None, allow_unsigned: bool) -> None:
     """Evaluate a rule pack over a dataset and print verdict counts by action and category."""
-
+    from edrules.backends.evalscope import EvalDate, connect, default_now, require_known_dataset
     from edrules.backends.sql import copy_verdicts, verdict_counts
-    from edrules.pack import load_pack
-    from edrules.schema import connect_dataset, require_dataset
+    from edrules.schema import require_dataset
 
-    now = _parse_now(now_text)
-    pack = load_pack(pack_path, pubkey_path=pubkey, allow_unsigned=allow_unsigned)
+    given = _parse_now(now_text)
+    pack = _load_policy(pack_path, pubkey=pubkey, allow_unsigned=allow_unsigned)
     if not Path(db_path).is_file():
         raise EdrulesError("no such dataset file", Location(db_path))
-    con = connect_dataset(db_path, read_only=True)
+    con = connect(db_path, read_only=True)
     try:
         require_dataset(con, db_path)
+        require_known_dataset(con, dataset, db_path)
+        when = EvalDate(given.replace(tzinfo=None), "given") if given else default_now(con, dataset)
+        now = when.now
         if backend == "sql":
             if out_path:
                 copy_verdicts(con, pack.policy, out_path, now=now, dataset=dataset)
@@ -88,7 +115,12 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
             counts = [(a, k, n) for (a, k), n in c.items()]
     finally:
         con.close()
-    click.echo(f"pack {pack.name} ({backend} backend)" + (f", dataset {dataset}" if dataset else ""))
+    # One header line (the table follows it directly, as scripts read it), with the date used.
+    click.echo(f"pack {pack.name} ({backend} backend)" + (f", dataset {dataset}" if dataset else "")
+               + f", {when.short()}")
+    if not counts:
+        raise EdrulesError("0 recipient rows were evaluated: the dataset has no recipient rows "
+                           "to judge, so there are no counts to show")
     click.echo(format_counts(counts))
     if out_path:
         click.echo(f"verdicts written to {out_path}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from edrules.backends.runtime import RuntimeEvaluator
 from edrules.facts import Action, MessageFacts, Verdict
-from edrules.rules.model import EntryKind, FromPolicy, Policy
+from edrules.rules.model import Entry, EntryKind, FromPolicy, Policy, ScopeKind, ViaKind
 
 _VERB = {
     Action.DELIVER: "delivered",
@@ -58,6 +59,118 @@ def forgery_hint(facts: MessageFacts, policy: Policy) -> str | None:
     )
 
 
+def _dmatch(d: str | None, e: Entry) -> bool:
+    return d is not None and (d == e.value or (e.subdomains and d.endswith("." + e.value)))
+
+
+def _names_sender(e: Entry, f: MessageFacts) -> str | None:
+    """Which identity of the message an entry names, ignoring trust: 'header From', ..."""
+    # A pair names the header From side only; a plain entry's envelope match is checked first,
+    # as it is the identity every mode may trust.
+    if e.kind is EntryKind.SENDER:
+        if f.envelope_from and f.envelope_from == e.value and e.via is None:
+            return "envelope sender"
+        if f.header_from and f.header_from == e.value:
+            return "header From"
+    elif e.kind is EntryKind.DOMAIN:
+        if e.via is None and _dmatch(f.envelope_from_domain, e):
+            return "envelope domain"
+        if _dmatch(f.header_from_domain, e):
+            return "header From domain"
+    elif f.client_ip:
+        try:
+            if ipaddress.ip_address(f.client_ip) in ipaddress.ip_network(e.value, strict=False):
+                return "client IP"
+        except ValueError:
+            return None
+    return None
+
+
+def _in_scope(e: Entry, rcpt: str) -> bool:
+    if e.scope.kind is ScopeKind.GLOBAL:
+        return True
+    if e.scope.kind is ScopeKind.USER:
+        return rcpt == e.scope.value
+    return rcpt.rpartition("@")[2] == e.scope.value
+
+
+def _via_reason(ev: RuntimeEvaluator, m: Any, e: Entry) -> str | None:
+    """Why a pair's infrastructure side does not hold, or None when it does."""
+    f = m.f
+    if not m.header_ok:
+        return ("the header From is refused (DMARC fail under p=quarantine/reject, or an invalid From), "
+                "and pairs never trust such a From")
+    via = e.via
+    if via.kind is ViaKind.PROVIDER:
+        if ev._provider_authenticated(m, via.value):
+            return None
+        return (f"via {via.value} not authenticated: no SPF pass for an envelope domain of {via.value} "
+                f"(envelope {m.env_domain or '-'}, SPF {f.spf or '-'}) and no passing DKIM d= of it")
+    if via.kind is ViaKind.DOMAIN:
+        spf_ok = m.spf_pass and _dmatch(f.envelope_from_domain, Entry("", e.list, EntryKind.DOMAIN, via.value, True))
+        dkim_ok = any(d == via.value or d.endswith("." + via.value) for d in m.dkim_pass)
+        if spf_ok or dkim_ok:
+            return None
+        return (f"via {via.value} not authenticated: no SPF pass for an envelope domain under it "
+                f"and no passing DKIM d= under it")
+    try:
+        inside = f.client_ip is not None and ipaddress.ip_address(f.client_ip) in ipaddress.ip_network(via.value)
+    except ValueError:
+        inside = False
+    return None if inside else f"via {via.value}: client IP {f.client_ip or 'unknown'} is outside it"
+
+
+def near_misses(facts: MessageFacts, policy: Policy, verdicts: Sequence[Verdict],
+                now: datetime | None = None) -> tuple[str, ...]:
+    """Allow entries that name this message's sender but did not decide a recipient's verdict,
+    each with why: the question behind "I allow-listed it and it is still quarantined"."""
+    ev = RuntimeEvaluator(policy)
+    m = ev._derive(facts)
+    today = (now or datetime.now(timezone.utc)).date()
+    mode = policy.from_policy
+    out: list[str] = []
+    for e in policy.allow:
+        named = _names_sender(e, facts)
+        if named is None:
+            continue
+        missed = [v for v in verdicts if v.rule_id != e.id]
+        if not missed:
+            continue
+        rcpts = {v.recipient for v in missed}
+        why: str | None
+        if e.expires is not None and e.expires < today:
+            why = f"expired on {e.expires.isoformat()}"
+        elif not any(_in_scope(e, r) for r in rcpts):
+            why = f"scoped to {e.scope}, not to {', '.join(sorted(rcpts))}"
+        elif e.via is not None:
+            why = _via_reason(ev, m, e)
+        elif e.kind is EntryKind.IP:
+            why = None
+        elif named.startswith("header"):
+            if mode is FromPolicy.STRICT:
+                why = "the strict From-policy matches allow entries against the envelope sender only"
+            elif not m.header_ok:
+                why = "the header From is refused (DMARC fail under p=quarantine/reject, or an invalid From)"
+            elif mode is FromPolicy.ALIGNED and not m.aligned_auth:
+                why = ("under aligned the header From counts only with DMARC-aligned SPF or DKIM, "
+                       "and this message has none")
+            else:
+                why = None
+        else:  # envelope identity
+            if not m.env_ok:
+                why = "the envelope claims the organisation DMARC disowned for this message"
+            elif mode is FromPolicy.ALIGNED and not m.spf_pass:
+                why = f"under aligned the envelope sender counts only with SPF pass (SPF {facts.spf or '-'})"
+            else:
+                why = None
+        if why is None:
+            earlier = sorted({f"{v.rule_id} ({v.category})" for v in missed})
+            why = "an earlier step decided first: " + ", ".join(earlier)
+        out.append(f"allow entry {e.id} names the {named} {e.value}"
+                   + (f" via {e.via.value}" if e.via else "") + f" but did not apply: {why}")
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Explanation:
     facts: MessageFacts
@@ -67,6 +180,8 @@ class Explanation:
     sentences: tuple[str, ...]
     hint: str | None = None
     warnings: tuple[str, ...] = ()
+    not_applied: tuple[str, ...] = ()  # allow entries naming the sender that did not apply, and why
+    now: str | None = None  # evaluation date line
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +192,8 @@ class Explanation:
                 {**v.to_json(self.facts), "explanation": s} for v, s in zip(self.verdicts, self.sentences)
             ],
             "hint": self.hint,
+            "not_applied": list(self.not_applied),
+            "evaluation_date": self.now,
             "warnings": list(self.warnings),
             "facts": _facts_json(self.facts),
         }
@@ -86,6 +203,7 @@ class Explanation:
         dkim = ", ".join(f"d={s.d} {s.result}" for s in f.dkim) or "none"
         lines = [
             f"policy: {self.policy_name} (from_policy: {self.from_policy})",
+            *([self.now] if self.now else []),
             "facts:",
             f"  header From:   {f.header_from or '-'}{'  (INVALID: missing, repeated or several mailboxes)' if f.from_invalid else ''}",
             f"  envelope from: {_sender(f.envelope_from)}",
@@ -101,6 +219,8 @@ class Explanation:
             lines.append(f"  {s}")
             for t in v.trace:
                 lines.append(f"    - {t.step}: {t.detail}")
+        for n in self.not_applied:
+            lines.append(f"not applied: {n}")
         if self.hint:
             lines.append(f"hint: {self.hint}")
         for w in self.warnings:
@@ -120,8 +240,10 @@ def _facts_json(f: MessageFacts) -> dict[str, Any]:
 
 
 def explain_facts(facts: MessageFacts, policy: Policy, *, now: datetime | None = None,
-                  warnings: Sequence[str] = ()) -> Explanation:
+                  warnings: Sequence[str] = (), now_line: str | None = None) -> Explanation:
     verdicts = tuple(RuntimeEvaluator(policy).evaluate(facts, now))
+    when = now_line or (f"evaluation date {now.isoformat(sep=' ')} (given)" if now else
+                        f"evaluation date {datetime.now(timezone.utc):%Y-%m-%d} (today, UTC)")
     hint = None
     if any(v.category == "forgery" for v in verdicts):
         hint = forgery_hint(facts, policy)
@@ -133,7 +255,24 @@ def explain_facts(facts: MessageFacts, policy: Policy, *, now: datetime | None =
         sentences=tuple(sentence(v) for v in verdicts),
         hint=hint,
         warnings=tuple(warnings),
+        not_applied=near_misses(facts, policy, verdicts, now),
+        now=when,
     )
+
+
+def load_policy(pack_path: str | Path | None, *, pubkey_path: str | Path | None = None,
+                allow_unsigned: bool = False) -> Policy:
+    """A pack (.json, signature checked as the gateway does) or a rules file (.yaml), or the
+    default policy (strict, no entries) without either."""
+    if pack_path is None:
+        return Policy(name="default")
+    if str(pack_path).endswith((".yaml", ".yml")):
+        from edrules.rules.parse import parse_rules_file
+
+        return parse_rules_file(pack_path)
+    from edrules.pack import load_pack
+
+    return load_pack(pack_path, pubkey_path=pubkey_path, allow_unsigned=allow_unsigned).policy
 
 
 def explain_message(
@@ -156,12 +295,7 @@ def explain_message(
     authserv-ids; with none given, ingest's per-message auto-detection applies."""
     from edrules.ingest import TrustConfig, facts_from_bytes  # the analyst side, imported on use
 
-    if pack_path is not None:
-        from edrules.pack import load_pack
-
-        policy = load_pack(pack_path, pubkey_path=pubkey_path, allow_unsigned=allow_unsigned).policy
-    else:
-        policy = Policy(name="default")
+    policy = load_policy(pack_path, pubkey_path=pubkey_path, allow_unsigned=allow_unsigned)
     ids = frozenset(trusted_authserv_ids)
     trust = TrustConfig(authserv_ids=ids, auto_detect=not ids)
     extracted = facts_from_bytes(

@@ -107,7 +107,7 @@ def readme(t: Tenant) -> str:
         "",
         "```text",
         "edrules pack compile data/rules/current.yaml -o /tmp/current.json",
-        f"edrules explain --pack /tmp/current.json --allow-unsigned --trust-authserv {GATEWAY} \\",
+        f"edrules explain --pack /tmp/current.json --allow-unsigned --trusted-authserv {GATEWAY} \\",
         f"    data/demo-tenant/{first_otp}",
         "edrules demo    # ingests this tenant and compares every file in data/rules/",
         "```",

@@ -11,10 +11,11 @@ from typing import Any, Iterable
 import duckdb
 import pandas as pd
 
+from edrules.backends.evalscope import EvalDate, connect, default_now, lock_error, require_known_dataset
 from edrules.errors import EdrulesError, Location
 from edrules.pack import LoadedPack
 from edrules.rules.model import Policy
-from edrules.schema import connect_dataset, require_dataset
+from edrules.schema import require_dataset
 from edrules.workbench import traffic
 from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
@@ -59,18 +60,31 @@ class Workbench:
 
     Evaluations are cached per policy content as DuckDB temp tables, so comparing ten
     candidates against the deployed pack evaluates the deployed pack once. `now` (the date
-    entry expiry is judged against) defaults to a day after the newest message in the data,
-    so the same data and rules always give the same numbers.
+    entry expiry is judged against) defaults to a day after the newest plausible message
+    (backends.evalscope.default_now: one forged future Date: does not move it), so the same
+    data and rules always give the same numbers; `now_used` says which date and why.
+
+    Read-only (the default) works on an in-memory snapshot of the file taken on first use:
+    a notebook kernel or dashboard left open never holds the file's lock, so `edrules ingest`
+    is never blocked by it. `reload()` takes a fresh snapshot. `snapshot=False` reads the file
+    in place instead (no copy, but the open connection blocks writers).
     """
+
+    # Tables copied into a read-only snapshot whatever their size; the others (headers,
+    # received_hops) only while small, as they run to tens of rows per message.
+    _SNAPSHOT_ALWAYS = ("messages", "recipients", "ingest_errors")
+    _SNAPSHOT_MAX_ROWS = 2_000_000
 
     def __init__(self, db: str | Path | None = None, *, dataset: str | None = None,
                  now: datetime | None = None, backend: Backend | str = Backend.SQL,
-                 read_only: bool = True):
+                 read_only: bool = True, snapshot: bool = True):
         self.db = Path(db) if db is not None else default_db()
+        self.snapshot = snapshot
         self.dataset = dataset
         self.backend = Backend(backend)
         self.read_only = read_only
-        self._now = now
+        self._given_now = now
+        self._now: EvalDate | None = EvalDate(now, "given") if now is not None else None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cache: dict[str, str] = {}
 
@@ -82,16 +96,54 @@ class Workbench:
             if self.read_only and not self.db.is_file():
                 raise EdrulesError("no dataset here: run `edrules demo` or Workbench.load(paths)",
                                    Location(str(self.db)))
-            self._con = connect_dataset(str(self.db), read_only=self.read_only)
-            if self.read_only:
-                try:
-                    require_dataset(self._con, str(self.db))
-                except EdrulesError:
-                    self._con.close()
-                    self._con = None
-                    raise
-            install_facts_view(self._con)
+            if self.read_only and self.snapshot:
+                con = self._snapshot()
+            else:  # a writer, or a read-only connection that holds the file's shared lock
+                con = connect(self.db, read_only=self.read_only)
+            try:
+                require_dataset(con, str(self.db))
+                require_known_dataset(con, self.dataset, str(self.db))
+            except EdrulesError:
+                con.close()
+                raise
+            install_facts_view(con)
+            self._con = con
         return self._con
+
+    def _snapshot(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(":memory:")
+        try:
+            try:
+                path = str(self.db).replace("'", "''")
+                con.execute(f"ATTACH '{path}' AS wb_file (READ_ONLY)")
+            except duckdb.IOException as exc:
+                err = lock_error(exc, self.db)
+                if err is not None:
+                    raise err from None
+                raise EdrulesError(f"cannot open the dataset: {str(exc).splitlines()[0]}",
+                                   Location(str(self.db))) from None
+            except duckdb.Error as exc:
+                raise EdrulesError(f"not a DuckDB dataset file: {str(exc).splitlines()[0]}",
+                                   Location(str(self.db))) from None
+            tables = [t for (t,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'wb_file' "
+                "AND schema_name = 'main' ORDER BY 1").fetchall()]
+            for t in tables:
+                if t not in self._SNAPSHOT_ALWAYS:
+                    n = con.execute(f'SELECT count(*) FROM wb_file.main."{t}"').fetchall()[0][0]
+                    if n > self._SNAPSHOT_MAX_ROWS:
+                        continue
+                con.execute(f'CREATE TABLE main."{t}" AS SELECT * FROM wb_file.main."{t}"')
+            con.execute("DETACH wb_file")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def reload(self) -> None:
+        """Drop cached verdicts and the snapshot: the next call sees what ingest added since."""
+        self.close()
+        self._now = EvalDate(self._given_now, "given") if self._given_now is not None else None
 
     def close(self) -> None:
         if self._con is not None:
@@ -147,13 +199,20 @@ class Workbench:
 
     @property
     def now(self) -> datetime:
+        """The date entry expiry is judged against (see now_used for why this one)."""
+        return self.now_used.now
+
+    @property
+    def now_used(self) -> EvalDate:
         if self._now is None:
-            where = "WHERE dataset = $ds" if self.dataset is not None else ""
-            params = {"ds": self.dataset} if self.dataset is not None else {}
-            latest = self.con.execute(f"SELECT max(received_at) FROM messages {where}", params).fetchall()[0][0]
-            # A day after the newest message: entries expiring that day still count.
-            self._now = (latest or datetime(2000, 1, 1)).replace(microsecond=0) + timedelta(days=1)
+            self._now = default_now(self.con, self.dataset)
         return self._now
+
+    def datasets(self) -> dict[str, int]:
+        """Dataset name -> messages, of every dataset in the file."""
+        from edrules.backends.evalscope import datasets
+
+        return datasets(self.con)
 
     # -- packs and verdicts -----------------------------------------------------------------
 
@@ -204,12 +263,16 @@ class Workbench:
 
     # -- analyses ---------------------------------------------------------------------------
 
-    def whatif(self, before: PackSource, after: PackSource, *, include_rule_changes: bool = False) -> WhatIf:
-        """Per-recipient diff of replaying `after` instead of `before` over the dataset."""
+    def whatif(self, before: PackSource, after: PackSource, *, include_rule_changes: bool = False,
+               recipient: str | None = None, recipient_domain: str | None = None) -> WhatIf:
+        """Per-recipient diff of replaying `after` instead of `before` over the dataset
+        (optionally only one recipient's or one recipient domain's rows)."""
         b, a = self.pack(before), self.pack(after)
         return compute_whatif(self.con, self.verdict_table(b), self.verdict_table(a),
                               before_name=b.name, after_name=a.name,
-                              include_rule_changes=include_rule_changes)
+                              include_rule_changes=include_rule_changes,
+                              now=self.now.isoformat(sep=" "), recipient=recipient,
+                              recipient_domain=recipient_domain)
 
     def compare(self, before: PackSource, afters: Iterable[PackSource]) -> pd.DataFrame:
         """One row per candidate pack: what it newly delivers (by label, forged or not) and
@@ -234,6 +297,21 @@ class Workbench:
         policy = self.pack(pack)
         return compute_exposure(self.con, policy, self.verdict_table(policy))
 
+    def diff(self, before: PackSource, after: PackSource) -> pd.DataFrame:
+        """Two rules files change by change (entries added, removed, changed; settings), each
+        with the what-if of that change alone against `before` (rulesdiff.py)."""
+        from edrules.workbench.rulesdiff import diff_table
+
+        return diff_table(self.pack(before), self.pack(after), self.whatif)
+
+    def hits(self, pack: PackSource) -> pd.DataFrame:
+        """Per allow/block entry: hits, messages, first and last hit, forged/phishing/spam among
+        them: the "last used" date that tells which entries to prune."""
+        from edrules.workbench.rulesdiff import entry_hits
+
+        policy = self.pack(pack)
+        return entry_hits(self.con, policy, self.verdict_table(policy))
+
     def suggest(self, messages: Any, pack: PackSource) -> Suggestions:
         """Ranked candidate changes that would deliver `messages` (msg_keys or a DataFrame)."""
         policy = self.pack(pack)
@@ -248,7 +326,13 @@ class Workbench:
         policy, base = self.pack(pack, name=name), self.pack(deployed)
         out = Path(out_dir) if out_dir is not None else output_dir()
         meta = whatif_metadata(self.whatif(base, policy), base)
-        return compile_pack(policy, out, key_dir=Path(key_dir) if key_dir else out / "keys", metadata=meta)
+        meta["evaluated_at"] = self.now.isoformat()
+        return compile_pack(policy, out, key_dir=Path(key_dir) if key_dir else self.key_dir(), metadata=meta)
+
+    def key_dir(self) -> Path:
+        """Where the signing key pair lives: packs/keys next to the dataset, the folder
+        `edrules demo` signs its packs with, so the demo and the editor share one key."""
+        return self.db.parent / "packs" / "keys"
 
     def verify(self, compiled: CompiledPack) -> LoadedPack:
         """Load a compiled pack as the gateway would: the signature must verify with its key."""
@@ -257,12 +341,21 @@ class Workbench:
     def messages(self, *, header_from: str | None = None, header_from_domain: str | None = None,
                  envelope_domain: str | None = None, label: str | None = None,
                  provider: str | None = None, message_id: str | None = None,
+                 recipient: str | None = None, recipient_domain: str | None = None,
                  pack: PackSource | None = None, action: str | None = None,
                  dataset: str | None = None, limit: int | None = None) -> pd.DataFrame:
-        """Find messages by identity, label, provider or Message-ID; with `pack` (and optionally
-        `action`), only those whose verdict for some recipient is that action. `dataset`
-        overrides the workbench's (e.g. to search the quarantine export)."""
+        """Find messages by identity, label, provider, Message-ID, recipient or recipient
+        domain; with `pack` (and optionally `action`), only those whose verdict for some
+        recipient is that action. `dataset` overrides the workbench's (e.g. to search the
+        quarantine export)."""
+        if dataset is not None:
+            require_known_dataset(self.con, dataset, str(self.db))
         conds, params = [], {}
+        for col, val in (("recipient", recipient), ("recipient_domain", recipient_domain)):
+            if val is not None:
+                conds.append(f"EXISTS (SELECT 1 FROM recipients rr WHERE rr.dataset = f.dataset "
+                             f"AND rr.msg_key = f.msg_key AND rr.{col} = ${col})")
+                params[col] = val.strip().lower()
         for col, val in (("header_from", header_from), ("header_from_domain", header_from_domain),
                          ("envelope_from_domain", envelope_domain), ("label", label),
                          ("bulk_provider", provider), ("message_id", message_id),
@@ -287,12 +380,76 @@ class Workbench:
             FROM wb_facts f {join} {where}
             ORDER BY f.received_at NULLS LAST, f.msg_key {lim}""", params).df()
 
+    def resolve_key(self, key: str) -> str:
+        """The full msg_key of a key or of a unique prefix of one (reports print 12 characters)."""
+        key = key.strip().lower()
+        exact = "msg_key = $k" + (" AND dataset = $ds" if self.dataset is not None else "")
+        if self.con.execute(f"SELECT 1 FROM messages WHERE {exact} LIMIT 1",
+                            {"k": key, **({"ds": self.dataset} if self.dataset is not None else {})}).fetchall():
+            return key
+        if len(key) < 6:
+            raise EdrulesError(f"no message with key {key!r} (a prefix needs at least 6 characters)",
+                               Location(str(self.db)))
+        where, params = "msg_key LIKE $p", {"p": key.replace("%", "").replace("_", r"\_") + "%"}
+        if self.dataset is not None:
+            where += " AND dataset = $ds"
+            params["ds"] = self.dataset
+        found = [k for (k,) in self.con.execute(
+            f"SELECT DISTINCT msg_key FROM messages WHERE {where} ORDER BY 1 LIMIT 3", params).fetchall()]
+        if not found:
+            scope = f"dataset {self.dataset!r}" if self.dataset is not None else "any dataset"
+            raise EdrulesError(f"no message with key {key!r} in {scope}", Location(str(self.db)))
+        if len(found) > 1:
+            raise EdrulesError(f"message key prefix {key!r} is ambiguous ({', '.join(k[:16] for k in found)}, ...): "
+                               "give more characters", Location(str(self.db)))
+        return found[0]
+
     def explain(self, msg_key: str, pack: PackSource) -> pd.DataFrame:
-        """Why each recipient of one message got its verdict under a pack."""
+        """Why each recipient of one message got its verdict under a pack. `msg_key` may be
+        the 12-character prefix the what-if prints; an unknown key is an error, not an empty table."""
+        key = self.resolve_key(msg_key)
         table = self.verdict_table(pack)
         return self.con.execute(f"""
             SELECT recipient, action, category, rule_id, reason FROM {table}
-            WHERE msg_key = $k ORDER BY recipient""", {"k": msg_key}).df()
+            WHERE msg_key = $k ORDER BY recipient""", {"k": key}).df()
+
+    def facts_of(self, msg_key: str):
+        """The MessageFacts of one stored message (key or unique prefix), as the runtime sees it."""
+        from edrules.facts import MessageFacts
+
+        key = self.resolve_key(msg_key)
+        where, params = "m.msg_key = $k", {"k": key}
+        if self.dataset is not None:
+            where += " AND m.dataset = $ds"
+            params["ds"] = self.dataset
+        cur = self.con.execute(f"""
+            SELECT m.*, (SELECT list(r.recipient ORDER BY r.recipient) FROM recipients r
+                         WHERE r.dataset = m.dataset AND r.msg_key = m.msg_key) AS _rcpts
+            FROM messages m WHERE {where} ORDER BY m.dataset LIMIT 1""", params)
+        names = [d[0] for d in cur.description]
+        rec = dict(zip(names, cur.fetchall()[0]))
+        return MessageFacts.from_row(rec, tuple(rec.pop("_rcpts") or ()))
+
+    def export_match(self, pack: PackSource, export_dataset: str) -> dict[str, int]:
+        """Does the pack quarantine exactly what the gateway's quarantine export holds? Rows
+        are matched on (Message-ID, recipient) between this dataset and the export."""
+        require_known_dataset(self.con, export_dataset, str(self.db))
+        table = self.verdict_table(pack)
+        where = "AND v.dataset = $ds" if self.dataset is not None else ""
+        got = self.con.execute(f"""
+            WITH q AS (SELECT DISTINCT m.message_id, v.recipient FROM {table} v
+                       JOIN messages m ON m.dataset = v.dataset AND m.msg_key = v.msg_key
+                       WHERE v.action = 'quarantine' {where}),
+                 x AS (SELECT DISTINCT m.message_id, r.recipient FROM recipients r
+                       JOIN messages m ON m.dataset = r.dataset AND m.msg_key = r.msg_key
+                       WHERE r.dataset = $export)
+            SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM q),
+                   (SELECT count(*) FROM q JOIN x USING (message_id, recipient)),
+                   (SELECT count(*) FROM x ANTI JOIN q USING (message_id, recipient)),
+                   (SELECT count(*) FROM q ANTI JOIN x USING (message_id, recipient))""",
+            {"export": export_dataset, **({"ds": self.dataset} if self.dataset is not None else {})}).fetchall()[0]
+        keys = ("export_rows", "quarantined_rows", "in_both", "only_in_export", "only_quarantined")
+        return {k: int(v) for k, v in zip(keys, got)}
 
     # -- traffic ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
+import pandas as pd
 import yaml
 
 from edrules.errors import EdrulesError
@@ -29,11 +30,13 @@ COUNT_KEYS = (("changed", "changed rows"), ("newly_delivered", "newly delivered"
 
 
 class EntryRow:
-    """One editable allow/block entry: list, kind, value, optional via and scope."""
+    """One editable allow/block entry: list, kind, value, via, scope on the first line; id,
+    comment, subdomains and expiry date on the second. Every field is written back as the
+    rules file spells it, so what compile signs is what the analyst saw."""
 
     def __init__(self, on_change, on_remove, *, list_: str = "allow", kind: str = "sender",
                  value: str = "", via: str = "", scope: str = "global", extra: dict | None = None):
-        self.extra = dict(extra or {})  # id, comment, expires, subdomains: kept, not edited here
+        extra = dict(extra or {})
         self.list = w.Dropdown(options=LISTS, value=list_, layout=w.Layout(width="80px"))
         self.kind = w.Dropdown(options=ENTRY_KINDS, value=kind, layout=w.Layout(width="90px"))
         self.value = w.Text(value=value, placeholder="address, domain or CIDR", continuous_update=False,
@@ -42,24 +45,47 @@ class EntryRow:
                           layout=w.Layout(width="180px"))
         self.scope = w.Text(value=scope, placeholder="global | domain:D | user:A", continuous_update=False,
                             layout=w.Layout(width="280px"))
+        self.id = w.Text(value=str(extra.get("id") or ""), placeholder="id (optional)",
+                         continuous_update=False, layout=w.Layout(width="170px"))
+        self.comment = w.Text(value=str(extra.get("comment") or ""), placeholder="comment (why, ticket)",
+                              continuous_update=False, layout=w.Layout(width="360px"))
+        self.subdomains = w.Checkbox(value=extra.get("subdomains") is True, description="subdomains",
+                                     indent=False, layout=w.Layout(width="110px"))
+        self.expires = w.Text(value=str(extra.get("expires") or ""), placeholder="expires YYYY-MM-DD",
+                              continuous_update=False, layout=w.Layout(width="150px"))
         self.remove = w.Button(description="remove", layout=w.Layout(width="80px"))
         self.remove.add_class("edr-remove")
-        for widget in (self.list, self.kind, self.value, self.via, self.scope):
+        for widget in (self.list, self.kind, self.value, self.via, self.scope, self.id, self.comment,
+                       self.subdomains, self.expires):
             widget.observe(lambda _change: on_change(), names="value")
         self.remove.on_click(lambda _b: on_remove(self))
-        self.box = w.HBox([self.list, self.kind, self.value, self.via, self.scope, self.remove])
+        self.id.add_class("edr-id")
+        self.expires.add_class("edr-expires")
+        self.box = w.VBox([
+            w.HBox([self.list, self.kind, self.value, self.via, self.scope, self.remove]),
+            w.HBox([self.id, self.comment, self.subdomains, self.expires],
+                   layout=w.Layout(margin="0 0 6px 84px")),
+        ])
         self.box.add_class("edr-entry")
 
     def to_rules(self) -> tuple[str, dict[str, Any]] | None:
         """(list, rules-file item), or None for a row with no value yet."""
         if not self.value.value.strip():
             return None
-        item = {k: v for k, v in self.extra.items() if k not in ENTRY_KINDS and k not in ("via", "scope")}
+        item: dict[str, Any] = {}
+        if self.id.value.strip():
+            item["id"] = self.id.value.strip()
         item[self.kind.value] = self.value.value.strip()
+        if self.subdomains.value:
+            item["subdomains"] = True
         if self.via.value.strip():
             item["via"] = self.via.value.strip()
         if self.scope.value.strip() and self.scope.value.strip() != "global":
             item["scope"] = self.scope.value.strip()
+        if self.comment.value.strip():
+            item["comment"] = self.comment.value.strip()
+        if self.expires.value.strip():
+            item["expires"] = self.expires.value.strip()  # the parser says when it is no date
         return self.list.value, item
 
 
@@ -100,6 +126,12 @@ class RuleEditor:
         self.counts = w.HTML()
         self.counts.add_class("edr-counts")
         self.detail = w.HTML()
+        # Drill-down: pick a group of the summary, see its rows with full text.
+        self.drill = w.Dropdown(description="rows of", options=[], layout=w.Layout(width="640px"))
+        self.drill.add_class("edr-drill")
+        self.drill_rows = w.HTML()
+        self.drill_rows.add_class("edr-drill-rows")
+        self.drill.observe(lambda _c: self._show_rows(), names="value")
         # A PNG in an Image widget, not an Output: it renders the same in Voila, JupyterLab
         # and in tests without a kernel.
         self.figure = w.Image(format="png", layout=w.Layout(max_width="900px"))
@@ -115,11 +147,12 @@ class RuleEditor:
         self.widget = w.VBox([
             w.HTML(f"<p>What-if against the deployed pack "
                    f"<b>{html.escape(self.deployed.name)}</b> over dataset "
-                   f"<b>{html.escape(str(wb.dataset or 'all'))}</b>.</p>"),
+                   f"<b>{html.escape(str(wb.dataset or 'all'))}</b> "
+                   f"({html.escape(wb.now_used.describe())}).</p>"),
             self.from_policy,
             w.HTML("<b>Bulk mailers</b>"), w.HBox(list(self.bulk.values()), layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>Allow and block entries</b> (first match in order decides)"), self.rows_box, self.add,
-            self.counts, self.detail, self.figure,
+            self.counts, self.detail, self.figure, self.drill, self.drill_rows,
             w.HBox([self.name, self.compile_button]), self.result,
         ])
         self.widget.add_class("edr-editor")
@@ -173,9 +206,13 @@ class RuleEditor:
             diff = self.wb.whatif(self.deployed, self.policy())
         except EdrulesError as exc:
             self.last = None
-            self.counts.value = f'<div class="edr-error" style="color:#b33a3a"><pre>{html.escape(str(exc))}</pre></div>'
+            self.counts.value = (
+                '<div class="edr-error" style="color:#b33a3a"><b>These rules do not compile, so there '
+                f'is no what-if to show:</b><pre style="white-space:pre-wrap">{html.escape(str(exc))}</pre></div>')
             self.detail.value = ""
-            self.figure.value = b""
+            # No image at all, rather than an empty (broken-looking) one.
+            self.figure.layout.display = "none"
+            self.drill.options, self.drill_rows.value = [], ""
             return None
         self.last = diff
         c = diff.counts()
@@ -190,8 +227,35 @@ class RuleEditor:
         # Detail first: the counts are what a reader (and the browser test) waits on.
         self.detail.value = _summary_html(diff)
         self.figure.value = _png(plot_transitions(diff, title=f"What-if {diff.before} → {diff.after}"))
+        self.figure.layout.display = "block"  # None would leave the page's display:none
+        groups = [(f"{r.transition} · {r.label} · {'forged From' if r.forged else 'From not forged'} "
+                   f"({r.recipients} rows)", (r.transition, r.label, bool(r.forged)))
+                  for r in diff.summary.itertuples()]
+        self.drill.options = groups
+        self.drill.value = groups[0][1] if groups else None
+        self._show_rows()
         self.counts.value = f'<div class="edr-counts-row">{cells}</div>'
         return diff
+
+    def drill_down(self, transition: str, label: str, forged: bool) -> pd.DataFrame:
+        """The changed rows of one summary group, every column."""
+        rows = self.last.rows if self.last is not None else None
+        if rows is None:
+            raise EdrulesError("no what-if to drill into: the rules do not compile")
+        sel = rows[(rows["transition"] == transition) & (rows["label"].fillna("(none)") == label)
+                   & (rows["forged"] == forged)]
+        return sel.reset_index(drop=True)
+
+    def _show_rows(self) -> None:
+        if self.drill.value is None or self.last is None:
+            self.drill_rows.value = ""
+            return
+        sel = self.drill_down(*self.drill.value)
+        self.drill_rows.value = _rows_html(sel, limit=50)
+
+    def rules_yaml(self) -> str:
+        """The edited rules as the rules file compile writes (`edrules pack compile` accepts it)."""
+        return policy_to_rules_yaml(self.policy())
 
     def compile(self) -> CompiledPack | None:
         """Compile + sign the edited rules; the pack's metadata carries this what-if."""
@@ -208,6 +272,88 @@ class RuleEditor:
             f'<code class="edr-pack-path">{html.escape(str(self.compiled.pack_path))}</code>'
         )
         return self.compiled
+
+
+ENV_DATASET = "EDRULES_DATASET"
+ENV_RULES = "EDRULES_RULES"
+
+
+class EditorApp:
+    """The rule-editor dashboard: choose any dataset file, dataset and deployed rules file
+    (defaults from $EDRULES_DB, $EDRULES_DATASET, $EDRULES_RULES, else the demo), then edit."""
+
+    def __init__(self, db: str | Path | None = None, *, dataset: str | None = None,
+                 rules: str | Path | None = None, out_dir: str | Path | None = None):
+        import os
+
+        from edrules.workbench.core import default_db, repo_data_dir
+
+        self.out_dir = out_dir
+        self.db = w.Text(value=str(db or default_db()), description="dataset file",
+                         style={"description_width": "110px"}, layout=w.Layout(width="560px"))
+        self.dataset = w.Combobox(value=dataset or os.environ.get(ENV_DATASET, "demo"),
+                                  description="dataset", placeholder="(all)", ensure_option=False,
+                                  layout=w.Layout(width="300px"))
+        self.rules = w.Text(value=str(rules or os.environ.get(ENV_RULES)
+                                      or repo_data_dir() / "rules" / "current.yaml"),
+                            description="deployed rules", style={"description_width": "110px"},
+                            layout=w.Layout(width="560px"))
+        self.open_button = w.Button(description="open", button_style="info")
+        self.open_button.add_class("edr-open")
+        self.open_button.on_click(lambda _b: self.open())
+        self.message = w.HTML()
+        self.message.add_class("edr-app-message")
+        self.body = w.VBox()
+        self.editor: RuleEditor | None = None
+        self.wb: Workbench | None = None
+        self.widget = w.VBox([w.HBox([self.db, self.dataset]), w.HBox([self.rules, self.open_button]),
+                              self.message, self.body])
+        self.open()
+
+    def open(self) -> RuleEditor | None:
+        if self.wb is not None:
+            self.wb.close()
+        dataset = self.dataset.value.strip() or None
+        try:
+            self.wb = Workbench(self.db.value.strip(), dataset=dataset)
+            self.dataset.options = list(self.wb.datasets())
+            self.editor = RuleEditor(self.wb, deployed=Path(self.rules.value.strip()), out_dir=self.out_dir)
+        except EdrulesError as exc:
+            self.editor = None
+            self.body.children = []
+            self.message.value = f'<div class="edr-error" style="color:#b33a3a">{html.escape(str(exc))}</div>'
+            return None
+        self.message.value = (f"<small>{html.escape(self.wb.now_used.describe())}; signing key: "
+                              f"{html.escape(str(self.wb.key_dir()))}</small>")
+        self.body.children = [self.editor.widget]
+        return self.editor
+
+
+_ROW_VIEW = (("msg_key", "message"), ("received_at", "received"), ("recipient", "recipient"),
+             ("header_from", "header From"), ("bulk_provider", "provider"), ("rule_before", "rule before"),
+             ("rule_after", "rule after"), ("reason_after", "why, after"), ("subject", "subject"))
+
+
+def _rows_html(rows, limit: int = 50) -> str:
+    """Changed rows in full (wrapped, never cut), a missing value as '-'."""
+    if rows.empty:
+        return ""
+    td = "<td style='padding:2px 10px 2px 0;vertical-align:top;white-space:normal;overflow-wrap:break-word'>"
+    body = []
+    for r in rows.head(limit).to_dict(orient="records"):
+        cells = []
+        for col, _ in _ROW_VIEW:
+            v = r.get(col)
+            text = "-" if v is None or (isinstance(v, float) and v != v) or str(v) in ("NaT", "") else str(v)
+            if col == "msg_key":
+                text = text[:12]
+            cells.append(f"{td}{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    th = "<th style='padding:2px 10px 2px 0;text-align:left'>"
+    more = f"<p><i>first {limit} of {len(rows)} rows</i></p>" if len(rows) > limit else ""
+    return (f"<table class='edr-rows' style='table-layout:auto;max-width:1200px'><thead><tr>"
+            + "".join(f"{th}{name}</th>" for _, name in _ROW_VIEW)
+            + f"</tr></thead><tbody>{''.join(body)}</tbody></table>{more}")
 
 
 def _png(fig) -> bytes:
@@ -227,11 +373,11 @@ def _color(key: str, value: int) -> str:
 def _summary_html(diff: WhatIf) -> str:
     if diff.summary.empty:
         return "<p><i>No verdict changes against the deployed pack.</i></p>"
-    td = "<td style='padding:2px 14px 2px 0'>"
+    td = "<td style='padding:2px 14px 2px 0;vertical-align:top;white-space:normal'>"
     rows = "".join(
         f"<tr>{td}{html.escape(r.transition)}</td>{td}{html.escape(r.label)}</td>"
         f"{td}{'yes' if r.forged else 'no'}</td><td style='padding:2px 14px 2px 0;text-align:right'>{r.recipients}</td>"
-        f"{td}{html.escape(r.top_senders or '')}</td>{td}{html.escape(r.top_providers or '')}</td></tr>"
+        f"{td}{html.escape(r.top_senders or '-')}</td>{td}{html.escape(r.top_providers or '-')}</td></tr>"
         for r in diff.summary.itertuples()
     )
     th = "<th style='padding:2px 14px 2px 0;text-align:left'>"

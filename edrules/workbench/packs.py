@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import fields, is_dataclass
 from datetime import date, datetime
 from enum import Enum
@@ -106,8 +107,14 @@ def describe_entry(entry: Entry) -> str:
     return text
 
 
+# The id the parser gives an entry written without one ('allow[2]'): not a valid id to write
+# back, and the parser derives it again from the position.
+_AUTO_ID = re.compile(r"^(allow|block)\[\d+\]$")
+
+
 def _entry_to_rules(entry: Entry) -> dict[str, Any]:
-    item: dict[str, Any] = {"id": entry.id, entry.kind.value: entry.value}
+    item: dict[str, Any] = {} if _AUTO_ID.match(entry.id) else {"id": entry.id}
+    item[entry.kind.value] = entry.value
     if entry.subdomains:
         item["subdomains"] = True
     if entry.via is not None:

@@ -33,28 +33,53 @@ def _keys(values) -> list[str]:
     return [k for k in _ORDER if k in present] + sorted(k for k in present if k not in _ORDER)
 
 
-def plot_volume(volume: pd.DataFrame, title: str = "Recipient rows per day") -> Figure:
-    """Stacked bars per time bucket from Workbench.volume() (by verdict action or by label)."""
+# Bar width per bucket, in days (matplotlib date units): a weekly bar spans most of its week.
+_BUCKET_DAYS = {"day": 1, "week": 7, "month": 30, "quarter": 91, "year": 365}
+
+
+def _bucket_unit(buckets: pd.Series) -> str:
+    """The bucket the data was grouped by, from the spacing of its buckets."""
+    b = pd.Series(pd.to_datetime(buckets.unique())).sort_values()
+    if len(b) < 2:
+        return "day"
+    gap = b.diff().dropna().min().days
+    return "year" if gap >= 365 else "month" if gap >= 28 else "week" if gap >= 7 else "day"
+
+
+def plot_volume(volume: pd.DataFrame, title: str = "Recipient rows per day", *,
+                unit: str | None = None) -> Figure:
+    """Stacked bars per time bucket from Workbench.volume() (by verdict action or by label).
+    Each bar is as wide as its bucket (day, week, month, year), so weekly or multi-year data
+    does not draw as hairlines."""
     fig, ax = plt.subplots(figsize=(9, 4.0))
     wide = volume.pivot_table(index="bucket", columns="key", values="recipients", aggfunc="sum", fill_value=0)
     wide = wide[_keys(wide.columns)]
+    unit = unit or _bucket_unit(volume["bucket"]) if len(volume) else "day"
+    width = 0.85 * _BUCKET_DAYS.get(unit, 1)
+    # Bars start at their bucket's first day and span it (align="edge"), as a calendar reads.
     bottom = None
     for key in wide.columns:
-        ax.bar(wide.index, wide[key], bottom=bottom, width=0.8, label=key, color=COLORS.get(key, None))
+        ax.bar(pd.to_datetime(wide.index), wide[key], bottom=bottom, width=width, align="edge",
+               label=key, color=COLORS.get(key, None))
         bottom = wide[key] if bottom is None else bottom + wide[key]
     fig.autofmt_xdate()
-    _style(ax, title, ylabel="recipients")
+    _style(ax, title, ylabel=f"recipients per {unit}")
     _legend(ax, ncol=len(wide.columns))
     return fig
 
 
 def plot_transitions(diff: WhatIf, title: str | None = None) -> Figure:
-    """What a what-if changes: recipient rows per transition and label, forged part in red hatch."""
+    """What a what-if changes, newly delivered to the right and newly stopped to the left, per
+    transition and label (label colours); the forged-From part of each bar is hatched red.
+    A stopped bar of ham is lost wanted mail: it points left and says "stopped", never reading
+    as a green "good" bar among the deliveries."""
     s = diff.summary
-    fig, ax = plt.subplots(figsize=(9, 1.8 + 0.45 * max(1, s[["transition", "label"]].drop_duplicates().shape[0])))
     title = title or f"What-if {diff.before} → {diff.after}"
+    n = 0 if s.empty else s[["transition", "label"]].drop_duplicates().shape[0]
+    fig, ax = plt.subplots(figsize=(9, 2.0 + 0.45 * max(1, n)))
     if s.empty:
-        ax.text(0.5, 0.5, "no verdict changes", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no verdict changes" if diff.total else "0 rows evaluated: nothing compared",
+                ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
         return fig
@@ -62,19 +87,84 @@ def plot_transitions(diff: WhatIf, title: str | None = None) -> Figure:
     for col in (False, True):
         if col not in g.columns:
             g[col] = 0
-    g = g.sort_index(ascending=False)
-    labels = [f"{t}  ·  {lab}" for t, lab in g.index]
-    y = range(len(g))
-    ax.barh(y, g[False], color=[COLORS.get(lab, "#9a9a9a") for _, lab in g.index])
-    # The solid part takes its label's colour, so its legend key is a neutral stand-in.
-    ax.barh([0], [0], color="#9a9a9a", label="From authenticated (colour: label)")
-    ax.barh(y, g[True], left=g[False], color="white", edgecolor=COLORS["forged"], hatch="///",
-            label="forged From")
-    for i, (a, b) in enumerate(zip(g[False], g[True])):
-        ax.text(a + b, i, f"  {a + b}" + (f" ({b} forged)" if b else ""), va="center", fontsize=8)
-    ax.set_yticks(list(y), labels, fontsize=8)
-    ax.margins(x=0.15)
-    _style(ax, title, xlabel="changed recipient rows")
+    delivered = ("deliver", "tag")
+
+    def direction(t: str) -> int:
+        before, _, after = t.partition("→")
+        if after in delivered and before not in delivered:
+            return 1
+        if before in delivered and after not in delivered:
+            return -1
+        return 0
+
+    g = g.reset_index()
+    g["dir"] = g["transition"].map(direction)
+    # Top to bottom: newly delivered, then other changes, then newly stopped.
+    g = g.sort_values(["dir", "transition", "label"], ascending=[True, False, False]).reset_index(drop=True)
+    y = list(range(len(g)))
+    sign = g["dir"].where(g["dir"] != 0, 1)
+    auth, forged = g[False] * sign, g[True] * sign
+    # Stopped rows: the label's colour washed out with a dark edge, so stopped ham is visibly
+    # "lost mail", not the solid green of a delivery.
+    for i, r in g.iterrows():
+        a, f = auth.iloc[i], forged.iloc[i]
+        colour = COLORS.get(r["label"], COLORS["(none)"])
+        if r["dir"] < 0:
+            ax.barh([i], [a], color=colour, alpha=0.35, edgecolor="#333333", linewidth=1.2)
+        else:
+            ax.barh([i], [a], color=colour)
+        ax.barh([i], [f], left=a, color="white", edgecolor=COLORS["forged"], hatch="///")
+    ax.axvline(0, color="#333333", linewidth=0.8)
+    for i, r in g.iterrows():
+        total = int(r[False] + r[True])
+        text = f"{total}" + (f" ({int(r[True])} forged)" if r[True] else "")
+        x = (r[False] + r[True]) * (sign.iloc[i])
+        ax.text(x, i, f"  {text}" if r["dir"] >= 0 else f"{text}  ", va="center", fontsize=8,
+                ha="left" if r["dir"] >= 0 else "right")
+    kind = {1: "newly delivered", -1: "newly STOPPED", 0: "other change"}
+    ax.set_yticks(y, [f"{kind[d]}: {t}  ·  {lab}" for t, lab, d in zip(g["transition"], g["label"], g["dir"])],
+                  fontsize=8)
+    # Room for the count labels on both sides; symmetric when anything was stopped.
+    lim = 1.4 * max(1, (g[False] + g[True]).max())
+    ax.set_xlim(-lim if (g["dir"] < 0).any() else 0, lim if (g["dir"] >= 0).any() else lim * 0.15)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: f"{abs(int(v))}"))
+    # Legend keys: what the fills mean, independent of which labels appear.
+    ax.barh([0], [0], color=COLORS["(none)"], label="bar colour: label (ham green, spam orange, phishing red)")
+    ax.barh([0], [0], color="white", edgecolor=COLORS["forged"], hatch="///", label="forged From")
+    if (g["dir"] < 0).any():
+        ax.barh([0], [0], color=COLORS["(none)"], alpha=0.35, edgecolor="#333333",
+                label="washed out: newly stopped (held back)")
+    _style(ax, title, xlabel="← newly stopped   ·   recipient rows   ·   newly delivered →")
+    _legend(ax, ncol=3)
+    return fig
+
+
+def plot_whatif_over_time(diff: WhatIf, unit: str = "day", title: str | None = None) -> Figure:
+    """Changed recipient rows per day / week / month: newly delivered up (forged part hatched),
+    newly stopped down, so a change that bites only on some days shows when."""
+    t = diff.over_time(unit)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    title = title or f"What-if {diff.before} → {diff.after}, per {unit}"
+    if t.empty:
+        ax.text(0.5, 0.5, "no verdict changes", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+        return fig
+    x = pd.to_datetime(t["bucket"])
+    width = 0.85 * _BUCKET_DAYS[unit]
+    ok = t["newly_delivered"] - t["newly_delivered_forged"]
+    ax.bar(x, ok, width=width, align="edge", color=COLORS["deliver"], label="newly delivered")
+    ax.bar(x, t["newly_delivered_forged"], bottom=ok, width=width, align="edge", color="white",
+           edgecolor=COLORS["forged"], hatch="///", label="of them forged From")
+    ax.bar(x, -t["newly_stopped"], width=width, align="edge", color=COLORS["quarantine"],
+           label="newly stopped")
+    if t["other"].any():
+        ax.bar(x, t["other"], bottom=t["newly_delivered"], width=width, align="edge",
+               color=COLORS["(none)"], label="other change")
+    ax.axhline(0, color="#333333", linewidth=0.8)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: f"{abs(int(v))}"))
+    fig.autofmt_xdate()
+    _style(ax, title, ylabel=f"rows per {unit} (stopped ↓)")
     _legend(ax)
     return fig
 
@@ -86,7 +176,8 @@ def plot_auth_by_provider(auth: pd.DataFrame, title: str = "Authentication by se
     y = range(len(a))
     ax.barh(y, a["messages"], color="#d9d9d9", label="messages")
     ax.barh([i + 0.2 for i in y], a["aligned"], height=0.3, color=COLORS["aligned"], label="aligned SPF/DKIM/DMARC")
-    ax.barh([i - 0.2 for i in y], a["forged"], height=0.3, color=COLORS["forged"], label="forged From")
+    ax.barh([i - 0.2 for i in y], a["forged"], height=0.3, color="white", edgecolor=COLORS["forged"],
+            hatch="///", label="forged From")
     ax.set_yticks(list(y), a["provider"], fontsize=8)
     _style(ax, title, xlabel="messages")
     _legend(ax)
@@ -148,17 +239,19 @@ def _short_scope(scope: str) -> str:
 
 def plot_policy_comparison(table: pd.DataFrame, title: str = "Newly delivered versus the deployed pack") -> Figure:
     """Grouped bars from Workbench.compare(): per candidate, what it newly delivers by label and forged."""
-    cols = [("ham_authenticated", "ham, From authenticated", COLORS["ham"]),
-            ("ham_forged", "ham, forged From", "#a7d3a0"),
-            ("spam", "spam", COLORS["spam"]),
-            ("phishing", "phishing", COLORS["phishing"]),
-            ("stopped", "newly stopped", "#555555")]
+    # The same scheme as every figure: label colours, forged From hatched red, stopped dark.
+    cols = [("ham_authenticated", "ham, From authenticated", COLORS["ham"], None),
+            ("ham_forged", "ham, forged From", COLORS["ham"], "///"),
+            ("spam", "spam", COLORS["spam"], None),
+            ("phishing", "phishing", COLORS["phishing"], None),
+            ("stopped", "newly stopped", "#555555", None)]
     fig, ax = plt.subplots(figsize=(9, 4.2))
     width = 0.8 / len(cols)
     x = range(len(table))
-    for j, (col, label, color) in enumerate(cols):
+    for j, (col, label, color, hatch) in enumerate(cols):
         xs = [i - 0.4 + width * (j + 0.5) for i in x]
-        ax.bar(xs, table[col], width=width, color=color, label=label)
+        ax.bar(xs, table[col], width=width, color=color, label=label, hatch=hatch,
+               edgecolor=COLORS["forged"] if hatch else None)
         for xi, v in zip(xs, table[col]):
             if v:
                 ax.text(xi, v, str(int(v)), ha="center", va="bottom", fontsize=7)
@@ -173,9 +266,11 @@ def plot_exposure(exposure: pd.DataFrame, title: str = "Forgery exposure of allo
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * len(e)))
     y = list(range(len(e)))
     ax.barh(y, e["messages"], color="#d9d9d9", label="delivered by the entry")
-    ax.barh([i + 0.2 for i in y], e["unaligned"], height=0.25, color=COLORS["spam"], label="not aligned-authenticated")
-    ax.barh([i - 0.05 for i in y], e["forged"], height=0.25, color=COLORS["forged"], label="forged From")
-    ax.barh([i - 0.3 for i in y], e["unusual_network"], height=0.25, color="#6b3fa0", label="unusual network")
+    # Label colours stay reserved for labels: suspicion is grey / blue, a forged From hatched red.
+    ax.barh([i + 0.2 for i in y], e["unaligned"], height=0.25, color="#7a7a7a", label="not aligned-authenticated")
+    ax.barh([i - 0.05 for i in y], e["forged"], height=0.25, color="white", edgecolor=COLORS["forged"],
+            hatch="///", label="forged From")
+    ax.barh([i - 0.3 for i in y], e["unusual_network"], height=0.25, color=COLORS["targets"], label="unusual network")
     ax.set_yticks(y, [f"{r.entry_id}" for r in e.itertuples()], fontsize=8)
     _style(ax, title, xlabel="messages")
     _legend(ax)

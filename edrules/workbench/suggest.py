@@ -102,11 +102,24 @@ class Suggestions:
     base: str
     targets: pd.DataFrame = field(repr=False)
     candidates: tuple[Candidate, ...] = ()
+    # Why a candidate kind was not drafted (too many distinct identities, a missing fact, the
+    # policy already has that mode): an empty result must say why, never read as "no fix".
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def why_none(self) -> str:
+        """Why there is no (delivering) candidate, in one line; '' when there is one."""
+        if any(c.delivers for c in self.candidates):
+            return ""
+        reasons = list(self.skipped)
+        if self.candidates:
+            reasons.insert(0, f"{len(self.candidates)} candidate(s) drafted, none delivers the chosen mail")
+        return "; ".join(reasons) or "no candidate kind applies to these messages"
 
     @property
     def best(self) -> Candidate:
         if not self.candidates:
-            raise EdrulesError("no candidate change delivers these messages")
+            raise EdrulesError(f"no candidate change for these messages: {self.why_none}")
         return self.candidates[0]
 
     def find(self, kind: CandidateKind, scope: str = "global") -> Candidate:
@@ -269,9 +282,20 @@ class _Draft:
     policy: Policy
 
 
-def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
-    """Every applicable candidate change, before measuring any of them."""
+def draft_candidates(policy: Policy, targets: pd.DataFrame,
+                     skipped: list[str] | None = None) -> list[_Draft]:
+    """Every applicable candidate change, before measuring any of them. Why a kind was not
+    drafted is appended to `skipped` (one line each)."""
     drafts: list[_Draft] = []
+    skipped = skipped if skipped is not None else []
+
+    def skip(kind: CandidateKind, values, what: str) -> None:
+        vals = set(values)
+        if any(v is None or v == "" or v != v for v in vals):  # v != v: NaN
+            skipped.append(f"{kind.value}: some chosen messages have no {what}")
+        elif len(vals) > MAX_ENTRIES:
+            skipped.append(f"{kind.value}: {len(vals)} distinct {what}s among the chosen messages "
+                           f"(more than {MAX_ENTRIES} is a new policy, not a fix: choose fewer messages)")
     ids = {e.id for e in policy.allow + policy.block}
 
     def entry_id(i: int) -> str:
@@ -293,28 +317,44 @@ def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
             drafts.append(_Draft(kind, scope, _summarise(entries), new))
 
     has_provider = targets["bulk_provider"].notna().all()
+    if not has_provider:
+        skipped.append("pairs via a provider and bulk-mailer allow: some chosen messages came "
+                       "through no known bulk provider")
     if has_provider:
         pairs = sorted(set(zip(targets["header_from"], targets["bulk_provider"])))
         if len(pairs) <= MAX_ENTRIES and all(h for h, _ in pairs):
             add_entries(CandidateKind.PAIR_PROVIDER,
                         [(EntryKind.SENDER, h, False, Via(ViaKind.PROVIDER, p)) for h, p in pairs],
                         providers={p for _, p in pairs})
+        else:
+            skip(CandidateKind.PAIR_PROVIDER, [h or None for h, _ in pairs] if not all(h for h, _ in pairs)
+                 else pairs, "header From / provider pair")
     own = sorted(set(zip(targets["header_from"], targets["header_from_org"])))
     if len(own) <= MAX_ENTRIES and all(h and o for h, o in own):
         add_entries(CandidateKind.PAIR_ALIGNED,
                     [(EntryKind.SENDER, h, False, Via(ViaKind.DOMAIN, o)) for h, o in own])
+    else:
+        skip(CandidateKind.PAIR_ALIGNED, [None] if not all(h and o for h, o in own) else own,
+             "header From")
     if has_provider:
         dpairs = sorted(set(zip(targets["header_from_domain"], targets["bulk_provider"])))
         if len(dpairs) <= MAX_ENTRIES and all(d for d, _ in dpairs):
             add_entries(CandidateKind.PAIR_DOMAIN_PROVIDER,
                         [(EntryKind.DOMAIN, d, False, Via(ViaKind.PROVIDER, p)) for d, p in dpairs],
                         providers={p for _, p in dpairs})
+        else:
+            skip(CandidateKind.PAIR_DOMAIN_PROVIDER,
+                 [None] if not all(d for d, _ in dpairs) else dpairs, "From domain / provider pair")
     envs = _distinct(targets["envelope_from"])
     if envs:
         add_entries(CandidateKind.ENVELOPE_SENDER, [(EntryKind.SENDER, e, False, None) for e in envs])
+    else:
+        skip(CandidateKind.ENVELOPE_SENDER, targets["envelope_from"], "envelope sender")
     orgs = _distinct(targets["env_org"])
     if orgs:
         add_entries(CandidateKind.ENVELOPE_DOMAIN, [(EntryKind.DOMAIN, o, True, None) for o in orgs])
+    else:
+        skip(CandidateKind.ENVELOPE_DOMAIN, targets["env_org"], "envelope domain")
     if has_provider:
         provs = sorted(set(targets["bulk_provider"]))
         if any(policy.bulk_mailers.get(p) is not BulkPolicy.ALLOW for p in provs):
@@ -324,9 +364,14 @@ def draft_candidates(policy: Policy, targets: pd.DataFrame) -> list[_Draft]:
                 "bulk_mailers: " + ", ".join(f"{p}: allow" for p in provs),
                 replace(policy, bulk_mailers=mailers, providers=_provider_defs(policy, provs))))
     froms = _distinct(targets["header_from"])
+    if not froms:
+        skip(CandidateKind.FROM_ALIGNED, targets["header_from"], "header From")
     for kind, mode in ((CandidateKind.FROM_ALIGNED, FromPolicy.ALIGNED),
                        (CandidateKind.FROM_RELAXED, FromPolicy.RELAXED)):
-        if policy.from_policy is mode or not froms:
+        if policy.from_policy is mode:
+            skipped.append(f"{kind.value}: the pack already uses from_policy: {mode.value}")
+            continue
+        if not froms:
             continue
         listed = {e.value for e in policy.allow
                   if e.kind is EntryKind.SENDER and e.via is None and e.scope.kind is ScopeKind.GLOBAL}
@@ -370,8 +415,11 @@ def measure(con: duckdb.DuckDBPyConnection, draft: _Draft, targets: pd.DataFrame
     """A draft's blast radius from its what-if against the current pack."""
     target_keys = set(zip(targets["dataset"], targets["msg_key"], targets["recipient"]))
     nd = diff.newly_delivered
-    is_target = [(d, m, r) in target_keys for d, m, r in zip(nd["dataset"], nd["msg_key"], nd["recipient"])]
-    other = nd[[not t for t in is_target]]
+    # A boolean Series, not a list: an empty list would select zero *columns* of nd.
+    is_target = pd.Series([(d, m, r) in target_keys
+                           for d, m, r in zip(nd["dataset"], nd["msg_key"], nd["recipient"])],
+                          index=nd.index, dtype=bool)
+    other = nd[~is_target]
     by_label = other["label"].fillna("(none)").value_counts()
     return Candidate(
         kind=draft.kind, scope=draft.scope, change=draft.change, policy=draft.policy, whatif=diff,
@@ -391,8 +439,9 @@ def suggest(con: duckdb.DuckDBPyConnection, policy: Policy, targets: pd.DataFram
     keys = targets[["dataset", "msg_key", "recipient"]].drop_duplicates()
     con.register("wb_target_rows", pa.Table.from_pandas(keys, preserve_index=False))
     measured = []
+    skipped: list[str] = []
     try:
-        for draft in draft_candidates(policy, targets):
+        for draft in draft_candidates(policy, targets, skipped):
             durable = durable_env if draft.kind is CandidateKind.ENVELOPE_SENDER else True
             note = env_note if draft.kind is CandidateKind.ENVELOPE_SENDER else ""
             after = verdicts(draft.policy)
@@ -401,4 +450,5 @@ def suggest(con: duckdb.DuckDBPyConnection, policy: Policy, targets: pd.DataFram
     finally:
         con.unregister("wb_target_rows")
     measured.sort(key=Candidate.sort_key)
-    return Suggestions(base=policy.name, targets=targets, candidates=tuple(measured))
+    return Suggestions(base=policy.name, targets=targets, candidates=tuple(measured),
+                       skipped=tuple(dict.fromkeys(skipped)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 
+from edrules.errors import EdrulesError, Location
 from edrules.workbench.sqlfacts import install_facts_view
 
 # Tag still delivers (with a marker); everything else keeps the message from the inbox.
@@ -30,7 +32,7 @@ SELECT b.dataset, b.msg_key, b.recipient,
        b.rule_id AS rule_before, a.rule_id AS rule_after, a.reason AS reason_after
 FROM {before} b
 JOIN {after} a ON a.dataset = b.dataset AND a.msg_key = b.msg_key AND a.recipient = b.recipient
-WHERE b.action <> a.action {rule_clause}
+WHERE (b.action <> a.action {rule_clause}) {scope_clause}
 """
 
 _ROWS_SQL = """
@@ -103,6 +105,54 @@ class WhatIf:
     total: int  # recipient rows evaluated
     rows: pd.DataFrame = field(repr=False)
     summary: pd.DataFrame = field(repr=False)
+    now: str | None = None  # the evaluation date (entry expiry), as printed in reports
+    scope: str = ""  # e.g. "recipient domain example.cz": what the rows were limited to
+
+    @property
+    def empty(self) -> bool:
+        """Nothing was evaluated at all: a typo'd filter, not "no change"."""
+        return self.total == 0
+
+    def over_time(self, unit: str = "day") -> pd.DataFrame:
+        """Changed recipient rows per day / week / month: newly delivered (forged apart),
+        newly stopped, and other changes (e.g. quarantine -> reject)."""
+        if unit not in ("day", "week", "month", "year"):
+            raise EdrulesError(f"unit must be day, week, month or year, not {unit!r}")
+        cols = ["bucket", "newly_delivered", "newly_delivered_forged", "newly_stopped", "other"]
+        r = self.rows[self.rows["received_at"].notna()]
+        if r.empty:
+            return pd.DataFrame(columns=cols)
+        ts = pd.to_datetime(r["received_at"])
+        bucket = ts.dt.to_period({"day": "D", "week": "W-SUN", "month": "M", "year": "Y"}[unit]).dt.start_time
+        df = pd.DataFrame({
+            "bucket": bucket,
+            "newly_delivered": r["newly_delivered"].astype(int),
+            "newly_delivered_forged": (r["newly_delivered"] & r["forged"]).astype(int),
+            "newly_stopped": r["newly_stopped"].astype(int),
+            "other": (~r["newly_delivered"] & ~r["newly_stopped"]).astype(int),
+        })
+        return df.groupby("bucket", as_index=False).sum().sort_values("bucket").reset_index(drop=True)
+
+    def write(self, path: str | Path) -> list[Path]:
+        """The changed rows to PATH (.csv or .parquet) and the summary next to it
+        (NAME.summary.csv|parquet); returns both paths."""
+        path = Path(path)
+        kind = path.suffix.lower()
+        if kind not in (".csv", ".parquet"):
+            raise EdrulesError("what-if output must end in .csv or .parquet", Location(str(path)))
+        summary_path = path.with_name(f"{path.stem}.summary{kind}")
+        rows = self.rows.assign(before=self.before, after=self.after, evaluated_at=self.now)
+        summary = self.summary.assign(before=self.before, after=self.after, evaluated_at=self.now)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for df, p in ((rows, path), (summary, summary_path)):
+                if kind == ".csv":
+                    df.to_csv(p, index=False)
+                else:
+                    df.to_parquet(p, index=False)
+        except OSError as exc:
+            raise EdrulesError(f"cannot write what-if output: {exc.strerror}", Location(str(path))) from None
+        return [path, summary_path]
 
     @property
     def changed(self) -> int:
@@ -142,6 +192,8 @@ class WhatIf:
         return {
             "before": self.before,
             "after": self.after,
+            "now": self.now,
+            "scope": self.scope,
             "counts": self.counts(),
             "summary": self.summary.to_dict(orient="records"),
             "rows": top.to_dict(orient="records"),
@@ -150,16 +202,30 @@ class WhatIf:
 
 def compute_whatif(con: duckdb.DuckDBPyConnection, before: str, after: str, *,
                    before_name: str, after_name: str,
-                   include_rule_changes: bool = False) -> WhatIf:
-    """Diff two verdict temp tables (backends.sql.VERDICT_COLUMNS) in DuckDB; only changes leave it."""
+                   include_rule_changes: bool = False, now: str | None = None,
+                   recipient: str | None = None, recipient_domain: str | None = None) -> WhatIf:
+    """Diff two verdict temp tables (backends.sql.VERDICT_COLUMNS) in DuckDB; only changes leave it.
+    `recipient` / `recipient_domain` limit the diff (and its total) to those recipient rows."""
     facts = install_facts_view(con)
     rule_clause = "OR b.rule_id IS DISTINCT FROM a.rule_id" if include_rule_changes else ""
-    con.execute(_CHANGED_SQL.format(before=before, after=after, rule_clause=rule_clause))
+    scope, params, names = [], {}, []
+    if recipient is not None:
+        scope.append("b.recipient = $rcpt")
+        params["rcpt"] = recipient.strip().lower()
+        names.append(f"recipient {params['rcpt']}")
+    if recipient_domain is not None:
+        scope.append("lower(split_part(b.recipient, '@', -1)) = $rdom")
+        params["rdom"] = recipient_domain.strip().lower().rstrip(".")
+        names.append(f"recipient domain {params['rdom']}")
+    scope_clause = "".join(f" AND {c}" for c in scope)
+    con.execute(_CHANGED_SQL.format(before=before, after=after, rule_clause=rule_clause,
+                                    scope_clause=scope_clause), params)
     con.execute(_ROWS_SQL.format(facts=facts))
     rows = con.sql("SELECT * FROM wb_changed " + _ORDER).df()
     summary = con.sql(_SUMMARY_SQL).df()
-    total = con.execute(f"SELECT count(*) FROM {before}").fetchall()[0][0]
+    where = ("WHERE " + " AND ".join(scope)) if scope else ""
+    total = con.execute(f"SELECT count(*) FROM {before} b {where}", params).fetchall()[0][0]
     for col in ("recipients", "messages"):
         summary[col] = summary[col].astype("int64")
     return WhatIf(before=before_name, after=after_name, total=total,
-                  rows=rows.reset_index(drop=True), summary=summary)
+                  rows=rows.reset_index(drop=True), summary=summary, now=now, scope=", ".join(names))
