@@ -107,10 +107,11 @@ def connect_dataset(path: str, *, read_only: bool = True) -> duckdb.DuckDBPyConn
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
-        raise EdrulesError(f"cannot open database: {_first_line(exc)}", Location(str(path))) from None
+        raise EdrulesError(f"cannot open database: {open_error_text(exc)}", Location(str(path))) from None
 
 
-def _first_line(exc: Exception) -> str:
+def open_error_text(exc: Exception) -> str:
+    """DuckDB's reason a file did not open, in one short line."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "not a valid DuckDB database file" in text:
         return "not a DuckDB database file (empty, or another format)"

@@ -15,7 +15,7 @@ from edrules.backends.evalscope import EvalDate, connect, default_now, lock_erro
 from edrules.errors import EdrulesError, Location
 from edrules.pack import LoadedPack
 from edrules.rules.model import Policy
-from edrules.schema import require_dataset
+from edrules.schema import open_error_text, require_dataset
 from edrules.workbench import traffic
 from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
@@ -120,10 +120,10 @@ class Workbench:
                 err = lock_error(exc, self.db)
                 if err is not None:
                     raise err from None
-                raise EdrulesError(f"cannot open the dataset: {str(exc).splitlines()[0]}",
+                raise EdrulesError(f"cannot open database: {open_error_text(exc)}",
                                    Location(str(self.db))) from None
             except duckdb.Error as exc:
-                raise EdrulesError(f"not a DuckDB dataset file: {str(exc).splitlines()[0]}",
+                raise EdrulesError(f"cannot open database: {open_error_text(exc)}",
                                    Location(str(self.db))) from None
             tables = [t for (t,) in con.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'wb_file' "
