@@ -186,9 +186,11 @@ class BaseHandler(JupyterHandler):
 
 def safe_next(url: str | None, base: str = "/") -> str:
     """A same-site path to go to after login; anything else (another host, //evil) becomes the home page."""
+    home = base + "home"
     if not url:
-        return base
+        return home
     p = urlparse(url)
     if p.scheme or p.netloc or not url.startswith("/") or url.startswith("//") or "\\" in url:
-        return base
-    return url
+        return home
+    url = url.rstrip("?")
+    return home if url in (base, base.rstrip("/")) else url
