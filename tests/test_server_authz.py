@@ -251,3 +251,21 @@ def test_the_printed_url_is_the_port_it_really_listens_on_when_the_asked_one_is_
             stop_pid(served.proc.pid)
     finally:
         busy.close()
+
+
+@pytest.mark.parametrize("role, target, allowed", [
+    ("admin_a", "other@a.test", True), ("provider_a", "other@a.test", True),
+    ("admin_b", "other@a.test", False), ("user_a", "other@a.test", False), ("anonymous", "other@a.test", False),
+    ("admin_a", "sp@provider.test", False),  # a provider is not managed by its customer's admin
+    ("admin_a", "admin@b.test", False), ("admin_b", "user@b.test", True),
+])
+def test_account_actions_reach_only_accounts_in_the_admins_domains(server, clients, role, target, allowed):
+    from edrules.server.accounts import Accounts
+
+    c = clients[role]
+    page = c.get("/admin") if SCOPE.get(role) else c.get("/login")
+    r = c.post("/admin/account", {"address": target, "action": "disable"}, page=page.text, follow=False)
+    store = Accounts(server.state)
+    assert (r.status_code == 200) == allowed, (role, target, r.status_code)
+    assert store.get(target).disabled == allowed
+    store.set_disabled(target, False, actor="test")
