@@ -269,3 +269,19 @@ def test_account_actions_reach_only_accounts_in_the_admins_domains(server, clien
     assert (r.status_code == 200) == allowed, (role, target, r.status_code)
     assert store.get(target).disabled == allowed
     store.set_disabled(target, False, actor="test")
+
+
+def test_the_account_page_lists_this_accounts_sessions_and_revokes_one(server):
+    laptop, phone = sign_in(server, "user@b.test"), sign_in(server, "user@b.test")
+    page = laptop.get("/account").text
+    assert page.count('name="session"') >= 2 and "(this browser)" in page
+    from edrules.server.accounts import Accounts, sha
+
+    phone_hash = sha(phone.cookies["edrules_session"])
+    assert f'value="{phone_hash}"' in page
+    r = laptop.post("/account/sessions/revoke", {"session": phone_hash}, page=page)
+    assert r.status_code == 200 and r.url.path == "/account"
+    gone = phone.get("/home", follow=False)
+    assert gone.status_code == 302 and urlparse(gone.headers["location"]).path == "/login"
+    assert laptop.get("/home").status_code == 200
+    assert any(a.action == "session.revoke" for a in Accounts(server.state).audit_log(subject="user@b.test"))

@@ -38,3 +38,18 @@ def create_demo_logins(state_dir: str | Path, domain: str = DEMO_DOMAIN) -> tupl
             store.set_disabled(login.address, False, actor="demo")
             store.unlock(login.address, actor="demo")
     return logins
+
+
+def serve_demo(state_dir: str | Path, *, db: str | Path | None, dashboards: str | Path, host: str = "127.0.0.1",
+               port: int = 8866, smtp: tuple[str, int] | None = None, echo=print) -> None:
+    """`edrules demo --serve`: create the demo logins, print them, serve the dashboards behind login."""
+    from edrules.server.app import run
+    from edrules.server.handlers import ServerContext
+
+    logins = create_demo_logins(state_dir)
+    echo("demo logins (one per role):")
+    for login in logins:
+        echo(f"  {login.role:<13} {login.address:<36} password: {login.password}")
+    ctx = ServerContext(accounts=Accounts(state_dir), state_dir=Path(state_dir), dashboards=Path(dashboards).resolve(),
+                        db=Path(db) if db else None, smtp=smtp)
+    run(ctx, host=host, port=port, echo=echo)
