@@ -39,12 +39,16 @@ def world(tmp_path_factory):
         missing(f"needs {exc.name} (pip install -e '.[test]')")
     state = tmp_path_factory.mktemp("web-state")
     store = add_accounts(state, ACCOUNTS)
+    from edrules.workbench import Workbench
+
+    db = state / "edrules.duckdb"  # the demo tenant, so the rule editor shows real data
+    Workbench(db, read_only=False).load_demo(ROOT / "data", jobs=1)
     sink = start_sink()
     with run_server_in_thread(port=0, user_claims=[User(sub="oidc-sub", claims={"email": "oidc@a.test",
                                                                                  "email_verified": True})]) as idp:
         issuer = f"http://localhost:{idp.server_port}"
-        served = start_serve(state, smtp_port=sink.port, oidc_file=write_oidc_settings(state / "oidc.yaml", issuer,
-                                                                                      label="Example ID"))
+        served = start_serve(state, smtp_port=sink.port, db=db, env={"EDRULES_OUT": str(state / "out")},
+                             oidc_file=write_oidc_settings(state / "oidc.yaml", issuer, label="Example ID"))
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -252,6 +256,13 @@ def test_provider_sees_its_customers_and_the_rule_editor_behind_login(world, pag
     page.goto(world["url"] + "voila/render/whoami.ipynb")
     page.wait_for_selector("#edrules-whoami")
     assert "service provider" in page.inner_text("#edrules-whoami")
+    page.goto(world["url"] + "home")
+    shot(page, "home-provider")
+    page.click("text=Rule editor")
+    page.wait_for_selector(".edr-count[data-key=changed]", timeout=120_000)
+    assert page.inner_text(".edr-count[data-key=changed]").strip() == "0"
+    assert page.locator(".edr-entry").count() == 2  # the deployed pack's allow entries, from the demo data
+    shot(page, "rule-editor")
 
 
 def test_a_user_opening_a_page_outside_its_role_gets_a_readable_refusal(world, page):
