@@ -214,8 +214,19 @@ def test_mfa_required_policy_forces_enrolment_at_the_next_sign_in(world, page):
         password_step(p2, world["url"], "mfa@m.test")
         assert "/login/enroll" in p2.url
         shot(p2, "enrol-forced")
+        assert "m.test requires two-step verification" in p2.inner_text("main")
+        enrol_url = p2.url
         p2.goto(world["url"] + "home")
         assert "/login" in p2.url and "/home" not in p2.url.split("?")[0], "no page before enrolment"
+        p2.goto(enrol_url)
+        p2.click("text=Can't scan? Show code")
+        secret = p2.inner_text("#text-secret").replace(" ", "")
+        p2.fill("#code", pyotp.TOTP(secret).now())
+        p2.click("text=Confirm")
+        assert p2.locator("#recovery-codes li").count() == 10
+        p2.click("text=Continue")
+        p2.wait_for_url(re.compile(r"/home$"))
+        assert store.get("mfa@m.test").totp_enabled
     finally:
         ctx2.close()
 
