@@ -285,3 +285,59 @@ def test_the_account_page_lists_this_accounts_sessions_and_revokes_one(server):
     assert gone.status_code == 302 and urlparse(gone.headers["location"]).path == "/login"
     assert laptop.get("/home").status_code == 200
     assert any(a.action == "session.revoke" for a in Accounts(server.state).audit_log(subject="user@b.test"))
+
+
+def test_the_browser_cannot_run_code_in_its_own_dashboard_kernel(server, clients, tmp_path):
+    """Only widget (comm), kernel_info and shutdown messages pass: an execute_request is dropped."""
+    import asyncio
+    import json as _json
+    import uuid
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    owner = clients["user_a"]
+    page = owner.get("/voila/render/whoami.ipynb")
+    kernel_id = re.search(r'"kernelId":\s*"([0-9a-f-]{36})"', page.text).group(1)
+    marker = tmp_path / "pwned"
+
+    def msg(msg_type: str, content: dict) -> str:
+        return _json.dumps({"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "x",
+                                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
+                            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell",
+                            "buffers": []})
+
+    async def talk(cookies: dict[str, str]) -> list[str]:
+        ws_url = server.url.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels?session_id=x"
+        req = HTTPRequest(ws_url, headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+                                           "Origin": server.url.rstrip("/")})
+        conn = await websocket_connect(req)
+        conn.write_message(msg("execute_request", {"code": f"open({str(marker)!r}, 'w').write('x')", "silent": False,
+                                                   "store_history": False, "user_expressions": {},
+                                                   "allow_stdin": False}))
+        conn.write_message(msg("kernel_info_request", {}))
+        seen: list[str] = []
+        try:
+            while True:
+                raw = await asyncio.wait_for(conn.read_message(), timeout=8)
+                if raw is None:
+                    break
+                m = _json.loads(raw) if isinstance(raw, str) else {}
+                seen.append(m.get("msg_type") or m.get("header", {}).get("msg_type", ""))
+                if "kernel_info_reply" in seen:
+                    await asyncio.sleep(2)  # give a (wrongly) running execute time to finish
+                    break
+        except asyncio.TimeoutError:
+            pass
+        conn.close()
+        return seen
+
+    seen = asyncio.run(talk(owner.cookies))
+    assert "kernel_info_reply" in seen, seen  # the channel works for its owner ...
+    assert "execute_reply" not in seen and not marker.exists()  # ... but runs no code
+
+    async def intruder() -> None:
+        await talk(clients["admin_a"].cookies)
+
+    with pytest.raises(Exception):  # another session's upgrade is refused outright
+        asyncio.run(intruder())
