@@ -341,3 +341,41 @@ def test_the_browser_cannot_run_code_in_its_own_dashboard_kernel(server, clients
 
     with pytest.raises(Exception):  # another session's upgrade is refused outright
         asyncio.run(intruder())
+
+
+def test_a_recovery_code_completes_the_second_step_once(server):
+    import pyotp
+
+    from edrules.server.accounts import Accounts
+
+    store = Accounts(server.state)
+    store.add("recover@a.test", "user", (), PASSWORD)
+    store.start_totp_enrolment("recover@a.test", pyotp.random_base32())
+    codes = store.enable_totp("recover@a.test", actor="test")
+    for attempt, expected in ((1, "/home"), (2, "/login/totp")):
+        b = Browserish(server.url)
+        page = b.get("/login")
+        r = b.post("/login", {"address": "recover@a.test", "password": PASSWORD}, page=page.text)
+        assert r.url.path == "/login/totp"
+        r = b.post("/login/totp", {"recovery": codes[0]}, page=r.text)
+        assert r.url.path == expected, attempt
+    assert store.recovery_codes_left("recover@a.test") == 9
+
+
+def test_password_expiry_never_bothers_a_passwordless_sign_in(server, sink):
+    from edrules.server.accounts import Accounts, Policy
+
+    store = Accounts(server.state)
+    store.add("expired@x.test", "user", (), PASSWORD)
+    store.set_policy(Policy("x.test", password_expiry_days=10), actor="test")
+    store.backdate_password("expired@x.test", 20)
+    b = Browserish(server.url)
+    page = b.get("/login/code")
+    sent = b.post("/login/code", {"address": "expired@x.test"}, page=page.text)
+    code, _ = code_and_link(sink.last_to("expired@x.test"))
+    r = b.post("/login/code/verify", {"address": "expired@x.test", "code": code}, page=sent.text)
+    assert r.url.path == "/home" and "expired@x.test" in r.text
+    pw = Browserish(server.url)
+    page = pw.get("/login")
+    r = pw.post("/login", {"address": "expired@x.test", "password": PASSWORD}, page=page.text)
+    assert r.url.path == "/login/new-password", "while a password sign-in must renew it"

@@ -58,3 +58,13 @@ def test_the_demo_logins_are_one_per_role_and_sign_in(tmp_path):
     store = Accounts(tmp_path)
     for login in logins:
         assert store.check_password(login.address, login.password) is not None
+
+
+def test_the_web_server_modules_import_no_pandas_or_duckdb():
+    code = ("import sys, pkgutil, importlib, edrules.server as s\n"
+            "for m in pkgutil.iter_modules(s.__path__): importlib.import_module('edrules.server.' + m.name)\n"
+            "bad = sorted(n for n in ('pandas', 'duckdb', 'pyarrow') if n in sys.modules)\n"
+            "print(','.join(bad))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
