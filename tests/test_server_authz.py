@@ -379,3 +379,18 @@ def test_password_expiry_never_bothers_a_passwordless_sign_in(server, sink):
     page = pw.get("/login")
     r = pw.post("/login", {"address": "expired@x.test", "password": PASSWORD}, page=page.text)
     assert r.url.path == "/login/new-password", "while a password sign-in must renew it"
+
+
+def test_code_requests_look_the_same_for_unknown_addresses_and_are_rate_limited(server, sink):
+    b = Browserish(server.url)
+    page = b.get("/login/code")
+    unknown = b.post("/login/code", {"address": "ghost@a.test"}, page=page.text)
+    known = b.post("/login/code", {"address": "user@b.test"}, page=page.text)
+    strip = lambda html: re.sub(r'value="[^"]*"|<b>[^<]*</b>', "", html)  # noqa: E731
+    assert unknown.status_code == known.status_code == 200 and strip(unknown.text) == strip(known.text)
+    assert sink.count_to("ghost@a.test") == 0
+    before = sink.count_to("user@b.test")
+    for _ in range(4):
+        b.post("/login/code", {"address": "user@b.test"}, page=page.text)
+    time.sleep(0.5)
+    assert sink.count_to("user@b.test") - before == 2, "3 codes per address per 10 minutes"
