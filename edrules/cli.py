@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",
+    "serve": "edrules.server.cli:serve",
+    "users": "edrules.server.cli:users",
     "quarantine": "edrules.runtime.cli_quarantine:quarantine",
     "overrides": "edrules.runtime.cli_quarantine:overrides",
     "digest": "edrules.runtime.cli_quarantine:digest",
