@@ -101,3 +101,58 @@ def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
     if missing:
         raise EdrulesError(f"not an edrules dataset (no {' or '.join(missing)} table): "
                            "run `edrules ingest --db FILE PATH...` first", Location(path))
+
+
+# -- the same dataset as partitioned Parquet (shared with Spark: edrules.spark) ---------------
+
+# A Parquet dataset is a folder with one sub-folder per table, hive-partitioned by dataset
+# (`messages/dataset=demo/part-0.parquet`): the layout Spark and DuckDB both read and write.
+PARQUET_TABLES = ("messages", "recipients", "received_hops", "headers", "ingest_errors")
+
+
+def table_columns(table: str) -> list[str]:
+    """Column names of an edrules table in schema order (from a scratch in-memory schema)."""
+    scratch = duckdb.connect()
+    try:
+        ensure_schema(scratch)
+        return [r[0] for r in scratch.execute(f"DESCRIBE {table}").fetchall()]
+    finally:
+        scratch.close()
+
+
+def is_parquet_dataset(path) -> bool:
+    from pathlib import Path
+
+    p = Path(path)
+    return p.is_dir() and (p / "messages").is_dir() and (p / "recipients").is_dir()
+
+
+def attach_parquet_dataset(con: duckdb.DuckDBPyConnection, path) -> None:
+    """Views named like the dataset tables over a Parquet dataset folder, columns in schema order.
+    A table the folder lacks (no errors were written, say) is an empty view of the schema."""
+    from pathlib import Path
+
+    root = Path(path)
+    for table in PARQUET_TABLES:
+        files = sorted((root / table).glob("**/*.parquet")) if (root / table).is_dir() else []
+        if files:
+            glob = str(root / table / "**" / "*.parquet").replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {', '.join(table_columns(table))} "
+                        f"FROM read_parquet('{glob}', hive_partitioning = true, "
+                        "hive_types = {'dataset': VARCHAR}, union_by_name = true)")
+        else:
+            ddl = next(d for d in ALL_DDL if f"EXISTS {table} (" in d)
+            con.execute(ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+
+
+def export_parquet_dataset(con: duckdb.DuckDBPyConnection, out) -> None:
+    """Write every table of a DuckDB dataset as a Parquet dataset folder (for Spark)."""
+    from pathlib import Path
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    for table in PARQUET_TABLES:
+        target = str(root / table).replace("'", "''")
+        if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
+            con.execute(f"COPY (SELECT * FROM {table}) TO '{target}' "
+                        "(FORMAT parquet, PARTITION_BY (dataset), OVERWRITE_OR_IGNORE)")
