@@ -129,7 +129,10 @@ def ingest_spark(
         kept = msgs.filter("_rank = 1")
         if existing is not None:
             kept = kept.join(existing, "msg_key", "left_anti")
-        kept = kept.drop("_rank").cache()
+        # Checkpointed, not cached: appending to out/messages below invalidates every cached
+        # plan that reads that folder (the anti-join above does), and re-running it then would
+        # find the just-written keys and keep nothing.
+        kept = kept.drop("_rank").localCheckpoint(eager=True)
         keys = kept.select("msg_key", "_chunk")
         n_all = msgs.count()
         tables = {
@@ -154,7 +157,6 @@ def ingest_spark(
             counts[name] = final.count()
             final.write.mode("append").partitionBy("dataset").parquet(str(out / name))
             final.unpersist()
-        kept.unpersist()
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return SparkIngestSummary(
