@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",
+    "quarantine": "edrules.runtime.cli_quarantine:quarantine",
+    "overrides": "edrules.runtime.cli_quarantine:overrides",
+    "digest": "edrules.runtime.cli_quarantine:digest",
 }
 
 

@@ -82,8 +82,13 @@ def normalize_ip(value: str | None) -> str | None:
         ip = ipaddress.ip_address(v)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            # A zone id (`fe80::1%eth0`) names an interface of the host that wrote it; no mail
+            # client connects with one, and the backends' parsers disagree on it.
+            return None
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     return str(ip)
 
 

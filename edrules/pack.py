@@ -264,6 +264,9 @@ def load_pack(
         raise EdrulesError(f"cannot read pack: {exc.strerror}", where) from None
     try:
         doc = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        # A pack is a few levels deep; thousands of nested brackets are hostile, not a pack.
+        raise EdrulesError("pack is nested too deeply to be a rule pack", where) from None
     except _DuplicateKey as exc:
         # Parsers disagree on which duplicate wins; a pack must mean one thing to every reader.
         raise EdrulesError(f"pack repeats the key {exc.args[0]!r}", where) from None
@@ -279,8 +282,11 @@ def load_pack(
             f"pack format version {version} is newer than this edrules supports "
             f"({FORMAT_VERSION}); upgrade edrules to load it", where,
         )
-    signed_by = _verify(doc, pubkey_path, allow_unsigned, where)
-    policy = policy_from_dict(doc.get("policy") or {})
+    try:
+        signed_by = _verify(doc, pubkey_path, allow_unsigned, where)
+        policy = policy_from_dict(doc.get("policy") or {})
+    except RecursionError:
+        raise EdrulesError("pack is nested too deeply to be a rule pack", where) from None
     try:
         created = datetime.fromisoformat(str(doc["created"]).replace("Z", "+00:00"))
         return LoadedPack(
@@ -319,7 +325,12 @@ def _verify(doc: dict[str, Any], pubkey_path: str | Path | None, allow_unsigned:
             "(--allow-unsigned) for development only", where,
         )
     body = {k: v for k, v in doc.items() if k != "signature"}
-    signer = body.get("signer") or {}
+    signer = body.get("signer")
+    if not isinstance(signer, dict):
+        raise EdrulesError("pack 'signer' must be an object with alg and public_key", Location(where.file,
+                           field="signer"))
+    if not isinstance(signature, str) or not isinstance(signer.get("public_key", ""), str):
+        raise EdrulesError("pack signature and signer key must be base64 text", where)
     try:
         sig = base64.b64decode(signature, validate=True)
         embedded = base64.b64decode(signer.get("public_key", ""), validate=True)
@@ -330,8 +341,9 @@ def _verify(doc: dict[str, Any], pubkey_path: str | Path | None, allow_unsigned:
     if pubkey_path is not None:
         key = _load_public(pubkey_path)
         if _public_raw(key) != embedded:
+            # Name the key that is really embedded: the pack's own key_id is only a claim.
             raise EdrulesError(
-                f"pack was signed by {signer.get('key_id')}, not by the trusted key "
+                f"pack was signed by {_fingerprint(embedded)}, not by the trusted key "
                 f"{_fingerprint(_public_raw(key))}", where,
             )
     else:

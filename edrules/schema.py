@@ -91,16 +91,69 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl)
 
 
+def _ddl_columns(ddl: str) -> tuple[str, ...]:
+    return tuple(line.split()[0] for line in ddl.splitlines()[2:] if line.strip() and line.startswith("    "))
+
+
+# Columns the readers (SQL backend, read_facts, workbench) rely on, per table.
+REQUIRED_COLUMNS = {"messages": _ddl_columns(MESSAGES_DDL), "recipients": _ddl_columns(RECIPIENTS_DDL)}
+
+
+def connect_dataset(path: str, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file; a file that is no DuckDB database (or is empty, or locked) is a
+    located error, not DuckDB's exception."""
+    from edrules.errors import EdrulesError, Location
+
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise EdrulesError(f"cannot open database: {_first_line(exc)}", Location(str(path))) from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "not a valid DuckDB database file" in text:
+        return "not a DuckDB database file (empty, or another format)"
+    return text.removeprefix("IO Error: ")
+
+
 def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
     """Refuse a DuckDB file that is not an edrules dataset, with what to do about it."""
     from edrules.errors import EdrulesError, Location
 
-    have = {row[0] for row in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
-    missing = [t for t in ("messages", "recipients") if t not in have]
+    columns: dict[str, set[str]] = {}
+    for table, column in con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
+            "AND table_catalog = current_database()").fetchall():
+        columns.setdefault(table, set()).add(column)
+    missing = [t for t in ("messages", "recipients") if t not in columns]
     if missing:
         raise EdrulesError(f"not an edrules dataset (no {' or '.join(missing)} table): "
                            "run `edrules ingest --db FILE PATH...` first", Location(path))
+    for table, wanted in REQUIRED_COLUMNS.items():
+        lacking = [c for c in wanted if c not in columns[table]]
+        if lacking:
+            shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
+            raise EdrulesError(
+                f"not an edrules dataset: table {table} lacks column(s) {shown} "
+                "(made by another tool or an older edrules? ingest into a new file)", Location(path))
+
+
+def require_ingestable(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Before ingest writes anything: an empty database or an edrules dataset, nothing else,
+    so a foreign DuckDB file is refused untouched."""
+    from edrules.errors import EdrulesError, Location
+
+    tables = [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_catalog = current_database() ORDER BY 1").fetchall()]
+    if not tables:
+        return
+    if "messages" not in tables or "recipients" not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise EdrulesError(f"not an edrules dataset (it holds other tables: {shown}); "
+                           "ingest into a new file", Location(path))
+    require_dataset(con, path)
 
 
 # -- the same dataset as partitioned Parquet (shared with Spark: edrules.spark) ---------------
@@ -110,14 +163,13 @@ def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
 PARQUET_TABLES = ("messages", "recipients", "received_hops", "headers", "ingest_errors")
 
 
+def _ddl_of(table: str) -> str:
+    return next(d for d in ALL_DDL if f"EXISTS {table} (" in d)
+
+
 def table_columns(table: str) -> list[str]:
-    """Column names of an edrules table in schema order (from a scratch in-memory schema)."""
-    scratch = duckdb.connect()
-    try:
-        ensure_schema(scratch)
-        return [r[0] for r in scratch.execute(f"DESCRIBE {table}").fetchall()]
-    finally:
-        scratch.close()
+    """Column names of an edrules table in schema order."""
+    return list(_ddl_columns(_ddl_of(table)))
 
 
 def is_parquet_dataset(path) -> bool:
@@ -141,8 +193,7 @@ def attach_parquet_dataset(con: duckdb.DuckDBPyConnection, path) -> None:
                         f"FROM read_parquet('{glob}', hive_partitioning = true, "
                         "hive_types = {'dataset': VARCHAR}, union_by_name = true)")
         else:
-            ddl = next(d for d in ALL_DDL if f"EXISTS {table} (" in d)
-            con.execute(ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+            con.execute(_ddl_of(table).replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
 
 
 def export_parquet_dataset(con: duckdb.DuckDBPyConnection, out) -> None:

@@ -254,3 +254,38 @@ def stalwart_case(path: Path) -> tuple[ZoneResolver, bytes]:
 def test_stalwart_real_world_dkim_signatures_verify_with_their_published_keys(corpus, name, expected):
     zone, message = stalwart_case(corpus / "stalwart_mail-auth_resources" / "dkim" / name)
     assert {(o.s, str(o.result)) for o in verify_dkim(message, zone)} == expected
+
+
+@pytest.mark.parametrize("services,result", [
+    ("email:web", AuthResult.PASS), ("web:email", AuthResult.PASS), ("email:tlsrpt", AuthResult.PASS),
+    ("*", AuthResult.PASS), ("web", AuthResult.PERMERROR), ("tlsrpt", AuthResult.PERMERROR),
+])
+def test_rfc6376_3_6_1_unknown_service_types_are_ignored_and_a_key_not_for_email_fails_the_signature(
+        keys, services, result):
+    """s=email:web made verify_dkim() raise AttributeError (dkimpy compares s= as one word)."""
+    zone = ZoneResolver.from_text(
+        f"sel._domainkey.example.org. IN TXT {_txt(public_key_record(keys['rsa']) + '; s=' + services)}\n")
+    [outcome] = verify_dkim(_signed(keys, "sel"), zone)
+    assert outcome.result is result, outcome.reason
+    if result is AuthResult.PERMERROR:
+        assert "not for email" in outcome.reason and "RFC 6376 3.6.1" in outcome.reason
+
+
+def test_rfc8301_3_1_an_rsa_sha1_signature_with_a_valid_key_is_a_permerror(keys, zone):
+    import dkim as dkimpy
+
+    sig = dkimpy.sign(MESSAGE, b"rsa2048", b"example.org", keys["rsa"], signature_algorithm=b"rsa-sha1")
+    [outcome] = verify_dkim(sig + MESSAGE, zone)
+    assert (outcome.result, outcome.algorithm) == (AuthResult.PERMERROR, "rsa-sha1")
+    assert "RFC 8301 3.1" in outcome.reason
+
+
+def test_an_arc_seal_whose_key_is_not_for_email_fails_the_chain_instead_of_raising(keys):
+    from edrules.auth.arc import seal_arc, verify_arc
+
+    with_ar = b"Authentication-Results: lists.example.org; spf=pass smtp.mailfrom=example.org\r\n" + MESSAGE
+    sealed = b"".join(seal_arc(with_ar, "arc", "example.org", keys["rsa"], "lists.example.org")) + with_ar
+    for services, result in (("email:web", AuthResult.PASS), ("web", AuthResult.FAIL)):
+        zone = ZoneResolver.from_text(
+            f"arc._domainkey.example.org. IN TXT {_txt(public_key_record(keys['rsa']) + '; s=' + services)}\n")
+        assert verify_arc(sealed, zone).result is result

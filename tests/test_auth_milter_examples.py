@@ -11,8 +11,10 @@ Skipped (no input edrules can check, stated per case): outputs without an spf re
 milter's A-R - handlers switched off (`*_hide_none` variants without spf, `.local`, `.trusted`
 = local/trusted client IPs where the milter skips checks, `dryrun`, `timeout`,
 `tools_*`, `dmarc_reject_hard`, `8bit`, `google_apps_headers`, and the second, localhost
-transaction of `pipelined*`). 53 outputs match exactly, 3 deviate as below, 20 are skipped.
-Deliberate deviation (asserted as such): several From mailboxes. The milter says
+transaction of `pipelined*`). 51 outputs match exactly, 5 deviate as below, 20 are skipped.
+Deliberate deviations (asserted as such): rsa-sha1 signatures (`dmarc_reject_wl*`): the milter
+says dkim=pass; edrules says permerror, as RFC 8301 3.1 requires (verifiers MUST NOT use
+rsa-sha1). Several From mailboxes. The milter says
 dmarc=permerror; edrules says fail, as RFC 7489 6.6.1 advises and the design requires
 (`from_invalid` is treated as forged). For `dmarc_multi*` the milter writes one dmarc result
 per From domain; edrules' single result must equal the first (most severe) of them.
@@ -32,6 +34,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "authenti
 ZONE = Path(__file__).parent / "zones" / "authentication_milter.zone"
 MULTI_FROM_PERMERROR = {"spam_headers_spf_hide_none.eml", "spam_headers_spf_hide_none.smtp.eml",
                         "spam_headers.smtp.eml"}
+RSA_SHA1_PASS = {"dmarc_reject_wl.eml", "dmarc_reject_wl.smtp.eml"}
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +133,10 @@ def test_edrules_matches_the_milters_spf_dkim_and_dmarc_results(zone, name, inde
     if name in MULTI_FROM_PERMERROR:
         assert want["dmarc"] == "permerror" and got["dmarc"] == "fail"  # the documented deviation
         got["dmarc"] = want["dmarc"]
+    if name in RSA_SHA1_PASS:
+        # RFC 8301 3.1: rsa-sha1 MUST NOT be used for verifying; the milter still accepts it.
+        assert want["dkim"] == ["pass"] and got["dkim"] == ["permerror"]
+        got["dkim"] = want["dkim"]
     assert got == want
 
 
@@ -142,10 +149,10 @@ def test_milter_pairs_summary_counts_matched_and_skipped(corpus, zone, capsys):
             skipped += 1
             continue
         got, want = _check(name, index, zone)
-        deviating += name in MULTI_FROM_PERMERROR
+        deviating += name in MULTI_FROM_PERMERROR or name in RSA_SHA1_PASS
         matched += got == want
     with capsys.disabled():
         print(f"\nauthentication_milter pairs: {matched} match exactly, {deviating} multi-From"
-              f" deviations (fail vs permerror), {skipped} skipped")
+              f" and rsa-sha1 deviations (RFC 7489 6.6.1, RFC 8301 3.1), {skipped} skipped")
     assert matched + deviating + skipped == len(_cases())
     assert matched >= 50

@@ -216,3 +216,64 @@ def test_any_name_gives_records_or_a_typed_dns_error(zone, name):
             assert isinstance(lookup(name), list)
         except DnsError:
             pass
+
+
+# -- ordinary zone files (issue 8 item 7) ------------------------------------------------------
+
+BIND_ZONE = """\
+$ORIGIN example.com.
+$TTL 3600
+@       IN SOA  ns1.example.com. hostmaster.example.com. (
+                2026010101 ; serial
+                7200 3600 1209600 3600 )
+        IN NS   ns1
+        IN MX   10 mail
+ns1     IN A    192.0.2.1
+mail    IN A    192.0.2.2
+@       IN TXT  "v=spf1 mx -all"
+_dmarc  IN TXT  "v=DMARC1; p=reject; rua=mailto:d@example.com"
+$ORIGIN example.net.
+@       IN SOA  ns1.example.com. hostmaster.example.com. 1 2 3 4 5
+@       IN TXT  "second zone with its own SOA"
+"""
+
+
+def test_an_ordinary_bind_zone_file_with_origin_and_an_soa_at_the_apex_loads(tmp_path):
+    """dnspython's Zone rejected it ("non-origin SOA") because edrules' origin is the root."""
+    path = tmp_path / "example.com.zone"
+    path.write_text(BIND_ZONE)
+    zone = ZoneResolver.from_file(path)
+    assert zone.mx("example.com") == [(10, "mail.example.com")]
+    assert zone.txt("_dmarc.example.com") == ["v=DMARC1; p=reject; rua=mailto:d@example.com"]
+    assert zone.txt("example.net") == ["second zone with its own SOA"]
+    assert zone.a("mail.example.com") == ["192.0.2.2"]
+
+
+def test_a_binary_zone_file_is_a_located_one_line_error(tmp_path):
+    path = tmp_path / "binary.zone"
+    path.write_bytes(b"example.com. IN TXT \"ok\"\n\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(EdrulesError) as err:
+        ZoneResolver.from_file(path)
+    assert str(err.value) == f"bad zone file: not UTF-8 text (byte 25 is 0x89) in {path}:2"
+    nul = tmp_path / "nul.zone"
+    nul.write_bytes(b"; fine\n\x00\x01\x02")
+    with pytest.raises(EdrulesError, match=r"binary data .* in .*nul.zone:2$"):
+        ZoneResolver.from_file(nul)
+
+
+def test_a_fifo_or_device_is_refused_instead_of_read_forever(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.zone"
+    os.mkfifo(fifo)
+    with pytest.raises(EdrulesError, match="not a regular file"):
+        ZoneResolver.from_file(fifo)
+    with pytest.raises(EdrulesError, match="not a regular file"):
+        ZoneResolver.from_file("/dev/zero")
+
+
+def test_include_directives_are_refused_with_the_line(tmp_path):
+    path = tmp_path / "inc.zone"
+    path.write_text("$ORIGIN example.com.\n$INCLUDE /etc/hostname\n")
+    with pytest.raises(EdrulesError, match=r"inc.zone:2$"):
+        ZoneResolver.from_file(path)

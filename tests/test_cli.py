@@ -59,3 +59,103 @@ def test_evaluate_and_whatif_refuse_a_duckdb_file_that_is_not_a_dataset(tmp_path
         assert result.returncode == 2, err
         assert "not an edrules dataset" in err and str(db) in err
         assert "Traceback" not in err
+
+
+# -- located one-line errors (exit 2) instead of internal errors --------------------------
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _unsigned_pack(tmp_path: Path) -> Path:
+    from edrules.pack import build_pack, write_pack
+    from edrules.rules.parse import parse_rules
+
+    pack = tmp_path / "p.json"
+    write_pack(build_pack(parse_rules("name: p\n"), source_bytes=b"name: p\n"), pack)
+    return pack
+
+
+def _db_commands(db: Path, pack: Path) -> list[list[str]]:
+    return [["evaluate", "--db", str(db), "--pack", str(pack), "--allow-unsigned"],
+            ["evaluate", "--db", str(db), "--pack", str(pack), "--allow-unsigned", "--backend", "runtime"],
+            ["whatif", "--db", str(db), "--pack", str(pack), "--pack", str(pack)]]
+
+
+def test_evaluate_and_whatif_on_a_file_that_is_not_duckdb_or_is_empty_give_a_located_error(tmp_path):
+    pack = _unsigned_pack(tmp_path)
+    for name, content in (("text.duckdb", b"hello, not a database\n"), ("empty.duckdb", b"")):
+        db = tmp_path / name
+        db.write_bytes(content)
+        for args in _db_commands(db, pack):
+            _one_line_error(_edrules(*args), "cannot open database", "not a DuckDB database file", str(db))
+
+
+def test_evaluate_and_whatif_refuse_a_messages_table_that_lacks_columns(tmp_path):
+    import duckdb
+
+    db = tmp_path / "partial.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE messages (msg_key VARCHAR, dataset VARCHAR, category VARCHAR)")
+        con.execute("CREATE TABLE recipients (dataset VARCHAR, msg_key VARCHAR, recipient VARCHAR, "
+                    "recipient_domain VARCHAR, recipient_source VARCHAR)")
+        con.execute("INSERT INTO messages VALUES ('k', 'd', 'spam')")
+        con.execute("INSERT INTO recipients VALUES ('d', 'k', 'a@example.org', 'example.org', 'envelope')")
+    for args in _db_commands(db, _unsigned_pack(tmp_path)):
+        _one_line_error(_edrules(*args), "table messages lacks column(s) source", str(db))
+
+
+def test_ingest_refuses_a_foreign_duckdb_file_without_adding_tables_to_it(tmp_path):
+    import duckdb
+
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(b"From: a@example.com\nTo: b@example.org\nSubject: x\n\nhi\n")
+    foreign = tmp_path / "foreign.duckdb"
+    with duckdb.connect(str(foreign)) as con:
+        con.execute("CREATE TABLE invoices (id INTEGER)")
+    partial = tmp_path / "partial.duckdb"
+    with duckdb.connect(str(partial)) as con:
+        con.execute("CREATE TABLE messages (msg_key VARCHAR, dataset VARCHAR)")
+    for db, needle in ((foreign, "holds other tables: invoices"), (partial, "holds other tables: messages")):
+        before = duckdb.connect(str(db), read_only=True).execute("SHOW TABLES").fetchall()
+        _one_line_error(_edrules("ingest", "--db", str(db), str(mail)), needle, str(db))
+        with duckdb.connect(str(db), read_only=True) as con:
+            assert con.execute("SHOW TABLES").fetchall() == before
+    old = tmp_path / "old.duckdb"  # messages and recipients, but an older set of columns
+    with duckdb.connect(str(old)) as con:
+        con.execute("CREATE TABLE messages (msg_key VARCHAR, dataset VARCHAR)")
+        con.execute("CREATE TABLE recipients (dataset VARCHAR, msg_key VARCHAR, recipient VARCHAR)")
+    _one_line_error(_edrules("ingest", "--db", str(old), str(mail)), "lacks column(s)")
+    with duckdb.connect(str(old), read_only=True) as con:
+        assert len(con.execute("SHOW TABLES").fetchall()) == 2
+    text = tmp_path / "text.duckdb"
+    text.write_bytes(b"not a database")
+    _one_line_error(_edrules("ingest", "--db", str(text), str(mail)), "not a DuckDB database file")
+    assert text.read_bytes() == b"not a database"
+    fresh = tmp_path / "fresh.duckdb"
+    for _ in range(2):  # a new file, then our own dataset again
+        assert _edrules("ingest", "--db", str(fresh), str(mail)).returncode == 0
+
+
+def test_an_unquoted_impossible_date_in_a_rules_file_is_a_located_one_line_error(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("name: x\nallow:\n  - sender: a@example.com\n    expires: 2026-13-01\n")
+    _one_line_error(_edrules("pack", "compile", str(rules), "-o", str(tmp_path / "p.json")),
+                    f"{rules}:4 (allow[0].expires)", "2026-13-01")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_explain_refuses_a_client_ip_that_is_not_an_ip_address(tmp_path):
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(b"From: a@example.com\nTo: b@example.org\nSubject: x\n\nhi\n")
+    for bad in ("not-an-ip", "2001:db8::5%eth0", "999.1.1.1"):
+        _one_line_error(_edrules("explain", str(mail), "--client-ip", bad), "--client-ip is not an IP address", bad)
+    ok = _edrules("explain", str(mail), "--client-ip", "2001:DB8::5")
+    assert ok.returncode == 0 and "2001:db8::5" in ok.stdout.decode()

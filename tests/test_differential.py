@@ -202,7 +202,12 @@ IPS = st.one_of(
     st.builds(lambda x: f"2001:DB8::{x:x}", st.integers(0, 3)),
     st.builds(lambda x: f"2001:db8:{x}::1", st.integers(0, 2)),
     st.sampled_from(["::c000:209", "::ffff:10.0.1.9", "garbage"]),
+    # IPv6 zone ids: ingest refuses them (normalize_ip gives None), so both backends see no IP.
+    st.sampled_from(["2001:db8::1%eth0", "fe80::1%25en0"]),
 )
+# Raw client_ip texts a dataset written by another tool might hold: no backend may read an
+# address into them that the other does not.
+RAW_IPS = st.sampled_from([None, "garbage", "2001:db8::1%eth0", "2001:db8::3%1", "10.0.1.9%eth0"])
 CIDRS = st.sampled_from(["10.0.0.0/8", "10.0.1.0/24", "54.0.0.0/16", "192.0.2.9/32", "0.0.0.0/0",
                          "2001:db8::/32", "2001:db8::/126", "2001:db8:1::/48", "::/0", "::c000:0/120"])
 RECIPIENTS = ["alice@corp.example", "bob@corp.example", "carol@partner.example", "Dan@Corp.Example."]
@@ -229,7 +234,7 @@ def message_facts(draw, key: str) -> MessageFacts:
         header_from=header, header_from_domain=hdom, header_from_org=org_domain(hdom),
         from_invalid=draw(st.sampled_from([False, False, False, True])) if header else True,
         envelope_from=env, envelope_from_domain=edom, envelope_from_org=org_domain(edom),
-        client_ip=normalize_ip(draw(st.one_of(st.none(), IPS))) or draw(st.sampled_from([None, "garbage"])),
+        client_ip=normalize_ip(draw(st.one_of(st.none(), IPS))) or draw(RAW_IPS),
         helo=helo, helo_org=org_domain(helo),
         spf=draw(st.sampled_from([None, "pass", "fail", "softfail", "none"])),
         dkim=tuple(draw(st.lists(dkim_sigs(), max_size=3))),
@@ -285,10 +290,26 @@ def policies(draw) -> Policy:
     ))
 
 
+# Evaluation times: expiry is judged by the UTC date (docs/rules.md), so a `now` whose local
+# date differs from its UTC date (either way) must not move the expiry boundary in one backend.
+_TZ = [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-7)),
+       timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))]
+NOWS = st.one_of(
+    st.just(NOW),
+    st.builds(lambda minutes, tz: (NOW + timedelta(minutes=minutes)).astimezone(tz),
+              st.sampled_from([-12 * 60 - 30, -11 * 60, -1, 0, 1, 11 * 60 + 59, 12 * 60 - 1, 13 * 60]),
+              st.sampled_from(_TZ)),
+)
+
+
+def local_date_differs(now: datetime) -> bool:
+    return now.date() != now.astimezone(timezone.utc).date()
+
+
 @st.composite
 def cases(draw):
     n = draw(st.integers(1, 8))
-    return draw(policies()), [draw(message_facts(f"k{i}")) for i in range(n)]
+    return draw(policies()), [draw(message_facts(f"k{i}")) for i in range(n)], draw(NOWS)
 
 
 @pytest.fixture(scope="module")
@@ -313,14 +334,68 @@ def test_sql_and_runtime_agree_on_generated_facts_and_policies(scratch):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cases())
     def agree(case):
-        policy, facts = case
+        policy, facts, now = case
         scratch.execute("DELETE FROM recipients; DELETE FROM messages")
         insert_facts(scratch, facts)
-        rt = runtime_rows(policy, facts)
-        assert_same(sql_rows(scratch, policy), rt)
+        rt = runtime_rows(policy, facts, now=now)
+        assert_same(sql_rows(scratch, policy, now=now), rt)
         for row, n in rt.items():
             seen[row[4]] += n
+        odd_now = local_date_differs(now)
+        seen["now with another local date"] += odd_now
+        seen["zone id fact"] += any(f.client_ip and "%" in f.client_ip for f in facts)
+        if odd_now and any(e.expires == now.astimezone(timezone.utc).date()
+                           for e in (*policy.allow, *policy.block)):
+            seen["expiry on the UTC date boundary"] += 1
 
     agree()
     # Guards the generator: agreement proves little on cases that never reach a step.
-    assert set(seen) == {"inbound", "malware", "block", "allow", "bulk", "forgery", "phishing", "spam", "clean"}
+    assert {k for k in seen if k in _CATEGORIES} == _CATEGORIES
+    for probe in ("now with another local date", "zone id fact", "expiry on the UTC date boundary"):
+        assert seen[probe] > 0, probe
+
+
+_CATEGORIES = {"inbound", "malware", "block", "allow", "bulk", "forgery", "phishing", "spam", "clean"}
+
+
+def test_the_generators_turn_ipv6_zone_ids_into_no_client_ip_as_ingest_does():
+    assert normalize_ip("2001:db8::1%eth0") is None and normalize_ip("fe80::1%25en0") is None
+    assert normalize_ip("2001:DB8::1") == "2001:db8::1"
+
+
+def _one_message(client_ip: str | None) -> MessageFacts:
+    a = "info@example.com"
+    return MessageFacts(msg_key="k", dataset="d", header_from=a, header_from_domain="example.com",
+                        header_from_org="example.com", from_invalid=False, envelope_from=a,
+                        envelope_from_domain="example.com", envelope_from_org="example.com",
+                        client_ip=client_ip, recipients=("alice@corp.example",))
+
+
+_EAST = datetime(2026, 6, 2, 1, 30, tzinfo=timezone(timedelta(hours=5)))  # local 2 June, UTC 1 June
+_WEST = datetime(2026, 6, 1, 20, 0, tzinfo=timezone(timedelta(hours=-7)))  # local 1 June, UTC 2 June
+
+
+@pytest.mark.parametrize("now, days, applies", [
+    (_EAST, 0, True), (_EAST, -1, False), (_WEST, 0, True), (_WEST, -1, False),
+], ids=["east, expires on the UTC date", "east, expired the day before", "west, expires on the UTC date",
+        "west, expired on the local date"])
+def test_expiry_is_judged_by_the_utc_date_of_a_now_with_an_offset_in_both_backends(scratch, now, days, applies):
+    expires = now.astimezone(timezone.utc).date() + timedelta(days=days)
+    policy = as_packed(Policy(name="x", block=(
+        Entry("b", ListKind.BLOCK, EntryKind.DOMAIN, "example.com", expires=expires),)))
+    facts = [_one_message(None)]
+    scratch.execute("DELETE FROM recipients; DELETE FROM messages")
+    insert_facts(scratch, facts)
+    want = [("block", "b")] if applies else [("clean", "default")]
+    for rows in (sql_rows(scratch, policy, now=now), runtime_rows(policy, facts, now=now)):
+        # valid through `expires` inclusive, judged by the UTC date
+        assert [(r[4], r[5]) for r in rows] == want, rows
+
+
+def test_a_raw_ipv6_zone_id_fact_matches_no_cidr_in_either_backend(scratch):
+    policy = as_packed(Policy(name="x", block=(Entry("c", ListKind.BLOCK, EntryKind.IP, "2001:db8::/32"),)))
+    facts = [_one_message("2001:db8::5%eth0")]
+    scratch.execute("DELETE FROM recipients; DELETE FROM messages")
+    insert_facts(scratch, facts)
+    for rows in (sql_rows(scratch, policy), runtime_rows(policy, facts)):
+        assert [r[4] for r in rows] == ["clean"], rows

@@ -530,3 +530,27 @@ def test_progress_true_draws_a_progress_bar_on_stderr(tmp_path, capfd):
     ingest_paths(duckdb.connect(), [tmp_path], jobs=1, progress=True)
     err = capfd.readouterr().err
     assert "/3 [" in err and "file/s" in err  # tqdm over the 3 files
+
+
+@pytest.mark.parametrize("gap", [0, 70], ids=["same-batch", "next-batch"])
+def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers_once(tmp_path, gap):
+    """The second copy is a duplicate: it adds no message row, and no second set of child rows
+    (which would count each recipient's verdict twice)."""
+    raw = (b"Received: from mx.example ([192.0.2.1]) by mx.corp.example; Mon, 1 Jun 2026 10:00:00 +0000\n"
+           b"From: a@example.com\nTo: alice@corp.example, bob@corp.example\nSubject: twice\n\nbody\n")
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    (folder / "0000.eml").write_bytes(raw)
+    for i in range(gap):  # other messages between the copies (64 files make a batch)
+        (folder / f"{i + 1:04d}.eml").write_bytes(raw.replace(b"twice", f"other {i}".encode()))
+    (folder / "9999.eml").write_bytes(raw)
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    s = ingest_paths(con, [folder], jobs=1)
+    assert s.duplicates == 1
+    counts = {t: con.execute(f"SELECT count(*) FROM {t} WHERE msg_key IN (SELECT msg_key FROM messages "
+                             "WHERE subject = 'twice')").fetchall()[0][0]
+              for t in ("messages", "recipients", "received_hops")}
+    assert counts == {"messages": 1, "recipients": 2, "received_hops": 1}
+    dup_headers = con.execute("SELECT count(*) FROM (SELECT msg_key, idx FROM headers GROUP BY ALL "
+                              "HAVING count(*) > 1)").fetchall()[0][0]
+    assert dup_headers == 0

@@ -96,3 +96,128 @@ def test_hostile_quarantine_csv_rows_each_load_or_become_an_error(tmp_path_facto
     assert s.messages >= 1
     blank = sum(1 for r in rows if not any(c.replace("\x00", "").strip() for c in r))
     assert s.messages + s.errors == 1 + len(rows) - blank
+
+
+# -- hostile files: FIFOs, devices, endless files, oversized CSV cells ----------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIL = b"From: a@example.com\nTo: b@example.org\nSubject: x\n\nhi\n"
+
+
+def _edrules(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], capture_output=True, cwd=ROOT,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _errors(con) -> dict[str, tuple[str, str]]:
+    return {Path(s).name: (e, d) for s, e, d in con.execute("SELECT source, error, detail FROM ingest_errors").fetchall()}
+
+
+def test_a_fifo_and_a_symlink_to_dev_zero_in_a_folder_become_error_rows_and_the_rest_loads(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.eml").write_bytes(MAIL)
+    os.mkfifo(folder / "pipe.eml")
+    (folder / "zero.eml").symlink_to("/dev/zero")
+    (folder / "z.eml").write_bytes(MAIL.replace(b"Subject: x", b"Subject: y"))
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder], jobs=1)  # would hang on the FIFO / run out of memory on /dev/zero
+    assert (s.messages, s.errors) == (2, 2)
+    errs = _errors(con)
+    assert errs["pipe.eml"] == ("not-a-regular-file", "a FIFO (named pipe) is not read; only regular files are")
+    assert errs["zero.eml"][0] == "not-a-regular-file" and "character device" in errs["zero.eml"][1]
+    # Named on the command line, the same (not 'no such file').
+    s = ingest_paths(con, [folder / "pipe.eml", folder / "zero.eml"], dataset="named", jobs=1)
+    assert (s.messages, s.errors) == (0, 2)
+
+
+def test_ingest_and_explain_on_a_fifo_return_at_once_with_a_located_error(tmp_path):
+    fifo = tmp_path / "pipe.eml"
+    os.mkfifo(fifo)
+    r = _edrules("explain", str(fifo), timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+    assert "FIFO" in err and str(fifo) in err
+    r = _edrules("explain", "/dev/zero", timeout=30)
+    assert r.returncode == 2 and "character device" in r.stderr.decode()
+    r = _edrules("ingest", "--db", str(tmp_path / "d.duckdb"), str(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "not-a-regular-file" in r.stderr.decode() and "1 errors" in r.stdout.decode()
+
+
+def test_a_file_over_the_per_file_limit_is_an_error_row_never_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDRULES_MAX_FILE_MB", "0.01")  # 10,485 bytes
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "small.eml").write_bytes(MAIL)
+    (folder / "big.eml").write_bytes(MAIL + b"x" * 20_000)
+    (folder / "big.mbox").write_bytes(b"From x@example.net Thu Jan  1 00:00:00 2026\n" + MAIL + b"y" * 20_000)
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder], jobs=1)
+    assert (s.messages, s.errors) == (1, 2)
+    errs = _errors(con)
+    for name in ("big.eml", "big.mbox"):
+        assert errs[name][0] == "file-too-large" and "EDRULES_MAX_FILE_MB" in errs[name][1]
+    big = folder / "big.eml"
+    r = subprocess.run([sys.executable, "-m", "edrules.cli", "explain", str(big)], capture_output=True, cwd=ROOT,
+                       timeout=60, env={**os.environ, "EDRULES_MAX_FILE_MB": "0.01"})
+    assert r.returncode == 2 and "per-file limit" in r.stderr.decode()
+
+
+def test_a_quarantine_csv_row_naming_a_fifo_or_dev_zero_as_its_eml_is_an_error_row(tmp_path):
+    os.mkfifo(tmp_path / "pipe.eml")
+    (tmp_path / "ok.eml").write_bytes(MAIL)
+    path = tmp_path / "q.csv"
+    head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state,eml\n"
+    row = "2026-01-05T10:00:00,b@example.org,a@example.com,192.0.2.1,spam,1,quarantined,"
+    path.write_text(head + row + "pipe.eml\n" + row + "/dev/zero\n" + row + "ok.eml\n")
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert (s.messages, s.errors) == (1, 2)
+    got = sorted(con.execute("SELECT position, error FROM ingest_errors").fetchall())
+    assert got == [("line 2", "not-a-regular-file"), ("line 3", "not-a-regular-file")]
+
+
+def test_a_csv_cell_over_the_csv_field_limit_costs_only_its_own_row(tmp_path):
+    path = tmp_path / "q.csv"
+    head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state,subject\n"
+    row = "2026-01-05T10:00:0{n},b@example.org,a{n}@example.com,192.0.2.1,spam,1,quarantined,{subject}\n"
+    huge = '"' + "z" * (131_072 + 10) + '"'  # Python's csv.field_size_limit() default, plus 10
+    rows = [row.format(n=n, subject=huge if n == 2 else f"s{n}") for n in range(6)]
+    path.write_text(head + "".join(rows))
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert (s.messages, s.errors) == (5, 1)  # every row accounted for, the rows after it too
+    assert con.execute("SELECT position, error FROM ingest_errors").fetchall() == [("line 4", "csv-cell-too-large")]
+    assert con.execute("SELECT count(*) FROM messages WHERE subject IN ('s3', 's4', 's5')").fetchone()[0] == 3
+
+
+def test_an_ipv6_zone_id_from_a_quarantine_csv_is_an_invalid_client_ip_error_row(tmp_path):
+    path = tmp_path / "q.csv"
+    head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
+    path.write_text(head + "2026-01-05T10:00:00,b@example.org,a@example.com,2001:db8::5%eth0,spam,1,quarantined\n"
+                    "2026-01-05T10:00:01,b@example.org,a@example.com,2001:db8::5,spam,1,quarantined\n")
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert (s.messages, s.errors) == (1, 1)
+    (pos, err, detail), = con.execute("SELECT position, error, detail FROM ingest_errors").fetchall()
+    assert (pos, err) == ("line 2", "invalid-client_ip")
+    assert "2001:db8::5%eth0" in detail and "zone id" in detail
+    assert con.execute("SELECT client_ip FROM messages").fetchall() == [("2001:db8::5",)]
+
+
+def test_an_ipv6_zone_id_in_an_smtp_transcript_is_an_error_row(tmp_path):
+    t = tmp_path / "s.txt"
+    t.write_bytes(b"EHLO mail.example.com\r\nXFORWARD ADDR=2001:db8::5%eth0\r\nMAIL FROM:<a@example.com>\r\n"
+                  b"RCPT TO:<b@example.org>\r\nDATA\r\n" + MAIL.replace(b"\n", b"\r\n") + b".\r\nQUIT\r\n")
+    con = duckdb.connect()
+    s = ingest_paths(con, [t], jobs=1)
+    assert (s.messages, s.errors) == (0, 1)
+    assert con.execute("SELECT error FROM ingest_errors").fetchone()[0] == "invalid-client_ip"

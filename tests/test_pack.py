@@ -290,3 +290,54 @@ def test_every_pack_and_explain_command_and_option_is_documented():
             for opt in getattr(param, "opts", []):
                 if opt.startswith("-"):
                     assert opt in cli_section, f"{title} {opt}"
+
+
+# -- hostile pack documents: one located line, never an internal error ----------------------
+
+
+def _edrules(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], capture_output=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_a_pack_whose_signer_is_a_list_is_a_located_error(tmp_path, keys):
+    path = _signed(tmp_path, keys)
+    doc = json.loads(path.read_bytes())
+    doc["signer"] = [doc["signer"]]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(EdrulesError, match="'signer' must be an object"):
+        load_pack(path)
+    _one_line_error(_edrules("pack", "verify", str(path)), str(path), "signer")
+
+
+def test_a_pack_nested_a_hundred_thousand_levels_deep_is_a_located_error(tmp_path):
+    path = tmp_path / "deep.json"
+    depth = 100_000
+    path.write_text('{"format": "edrules-pack", "format_version": 1, "policy": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(EdrulesError, match="nested too deeply"):
+        load_pack(path, allow_unsigned=True)
+    _one_line_error(_edrules("pack", "verify", str(path), "--allow-unsigned"), str(path), "nested too deeply")
+
+
+def test_a_verify_mismatch_names_the_fingerprint_of_the_key_actually_embedded(tmp_path, keys):
+    other = generate_keypair(tmp_path / "other")
+    path = _signed(tmp_path, other)
+    doc = json.loads(path.read_bytes())
+    real = doc["signer"]["key_id"]
+    # key_id is outside what an attacker must keep consistent: claim the trusted key's id.
+    (tmp_path / "t").mkdir()
+    trusted_id = load_pack(_signed(tmp_path / "t", keys)).signed_by
+    doc["signer"]["key_id"] = trusted_id
+    path.write_text(json.dumps(doc))
+    err = _one_line_error(_edrules("pack", "verify", str(path), "--pubkey", str(keys[1])), "not by the trusted key")
+    assert f"signed by {real}," in err and err.count(trusted_id) == 1

@@ -156,6 +156,28 @@ def test_all_errors_of_a_file_are_reported_at_once_in_line_order():
     assert str(err).startswith("5 errors in rules:\n  bad.yaml:2 (from_policy): must be one of")
 
 
+def test_an_unquoted_impossible_date_is_a_located_error_that_hides_none_of_the_others():
+    text = (
+        "name: x\n"
+        "allow:\n"
+        "  - sender: a@example.com\n"
+        "    expires: 2026-13-01\n"
+        "  - sender: nobody\n"
+        "block:\n"
+        "  - {domain: ok.example, expires: 2026-02-30}\n"
+    )
+    with pytest.raises(RulesError) as info:
+        parse_rules(text, source="dates.yaml")
+    got = [(e.location.line, e.location.field) for e in info.value.errors]
+    assert got == [(4, "allow[0].expires"), (5, "allow[1].sender"), (7, "block[0].expires")]
+    assert "2026-13-01" in info.value.errors[0].message
+
+
+def test_a_yaml_tag_that_cannot_be_constructed_is_still_invalid_yaml():
+    with pytest.raises(RulesError, match="invalid YAML"):
+        parse_rules("name: !!python/name:os.system x\n", source="t.yaml")
+
+
 def test_parse_rules_file_reads_a_file_and_reports_a_missing_one(tmp_path):
     f = tmp_path / "tenant.yaml"
     f.write_text("allow:\n  - sender: a@b.example\n", encoding="utf-8")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import dkim as dkimpy
 
-from edrules.auth.dkim import MIN_RSA_BITS, _quiet
-from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver, txt_to_bytes
+from edrules.auth.dkim import MIN_RSA_BITS, _quiet, usable_key
+from edrules.auth.resolver import DnsError, NXDomain, PermError, Resolver
 from edrules.errors import EdrulesError
 from edrules.facts import AuthResult
 
@@ -39,7 +39,9 @@ def _arc_dnsfunc(resolver: Resolver):
             return None  # dkimpy then reports the set as not validating: chain fails
         except DnsError as exc:
             raise _ArcTempError(str(exc)) from None
-        return txt_to_bytes(records[0]) if records else None
+        key = usable_key(qname, records)
+        # A record dkimpy must not see (s=web, v=DKIM2, junk) fails that set, not the verifier.
+        return key.for_dkimpy() if not isinstance(key, str) else None
 
     return lookup
 

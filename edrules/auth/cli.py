@@ -37,6 +37,8 @@ def dns_check(domain: str, zones: tuple[str, ...], relays: tuple[str, ...],
             click.echo(f"  {_MARK[f.severity]:<5} {f.area:<5} {f.message}")
             if f.suggestion:
                 click.echo(f"        publish: {f.suggestion}")
+            if f.advice:
+                click.echo(f"        advice:  {f.advice}")
     if report.worst >= Severity.ERROR:
         # SystemExit, not ctx.exit: edrules.cli.main runs click with standalone_mode=False,
         # which turns ctx.exit(code) into a return value and drops the code.

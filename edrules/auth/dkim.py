@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import re
 from dataclasses import dataclass
@@ -64,12 +63,31 @@ class KeyRecord:
     testing: bool
     revoked: bool
     problem: str | None  # why the record is unusable, None if usable
+    strict: bool = False  # t=s: i= must use exactly the d= domain (RFC 6376 3.6.1)
+    services: tuple[str, ...] = ("*",)  # s= as published (RFC 6376 3.6.1)
+    hashes: tuple[str, ...] | None = None  # h= as published; None: all hash algorithms
+    public_key: bytes = b""  # p= without white space (base64)
+
+    def for_dkimpy(self) -> bytes:
+        """The record as dkimpy should see it: only the tags it reads, values already checked.
+
+        dkimpy compares s= to one service name and, for any other (`email:web`, `web`), hands
+        verification a key of None, which raised AttributeError from verify_dkim(): the record
+        is the sender's to write, so edrules applies s=, h= and t= itself (RFC 6376 3.6.1)."""
+        return b"v=DKIM1; k=" + self.key_type.encode() + b"; p=" + self.public_key
+
+
+def _flags(tags: dict[bytes, bytes], name: bytes) -> tuple[str, ...]:
+    raw = tags.get(name, b"").decode("ascii", "replace")
+    return tuple(f.strip().lower() for f in raw.split(":") if f.strip())
 
 
 @lru_cache(maxsize=4096)
 def parse_key_record(name: str, text: str) -> KeyRecord:
     """Parse `v=DKIM1; k=...; p=...` with dkimpy's own parser, plus key size and flags.
 
+    Never raises: the record is written by whoever controls the signing domain, so every
+    problem (RFC 6376 3.6.1) is a `problem` value that makes the signature permerror.
     Cached: a gateway sees the same few thousand keys all day, and RSA key parsing is a
     third of a verification's cost."""
     raw = txt_to_bytes(text)
@@ -78,22 +96,57 @@ def parse_key_record(name: str, text: str) -> KeyRecord:
         tags = dkimpy.util.parse_tag_value(raw)
     except dkimpy.util.InvalidTagValueList as exc:
         return KeyRecord(name, text, "?", None, False, False, f"malformed key record: {exc}")
-    key_type = tags.get(b"k", b"rsa").decode("ascii", "replace").lower()
-    testing = b"y" in [f.strip() for f in tags.get(b"t", b"").split(b":")]
+    key_type = tags.get(b"k", b"rsa").decode("ascii", "replace").strip().lower()
+    flags = _flags(tags, b"t")
+    testing, strict = "y" in flags, "s" in flags
+    services = _flags(tags, b"s") if b"s" in tags else ("*",)
+    hashes = _flags(tags, b"h") if b"h" in tags else None
     p = re.sub(rb"\s+", b"", tags.get(b"p", b""))
-    if b"p" in tags and not p:
-        return KeyRecord(name, text, key_type, None, testing, True, "key revoked (empty p=)")
+
+    def bad(problem: str, revoked: bool = False) -> KeyRecord:
+        return KeyRecord(name, text, key_type, None, testing, revoked, problem, strict, services, hashes, p)
+
+    if b"v" in tags and tags[b"v"].strip() != b"DKIM1":
+        # RFC 6376 3.6.1: records with any other v= value MUST be discarded.
+        return bad(f"not a DKIM1 key record (v={tags[b'v'].decode('ascii', 'replace')})")
+    if not {"email", "*"} & set(services):
+        # RFC 6376 3.6.1: unknown service types are ignored; without email or * the key is
+        # not for email, and a signature made with it cannot verify.
+        return bad(f"key is not for email (s={':'.join(services) or '(empty)'}; RFC 6376 3.6.1)")
+    if b"p" not in tags:
+        return bad("bad key record: no p= tag")
+    if not p:
+        return bad("key revoked (empty p=)", revoked=True)
+    if key_type not in ("rsa", "ed25519"):
+        return bad(f"bad key record: unknown key type k={key_type}")
+    probe = b"v=DKIM1; k=" + key_type.encode() + b"; p=" + p
     try:
-        _pk, bits, ktag, _tls = dkimpy.evaluate_pk(name.encode(), raw)
-    except (dkimpy.KeyFormatError, dkimpy.UnknownKeyTypeError, binascii.Error, ValueError, IndexError) as exc:
-        return KeyRecord(name, text, key_type, None, testing, False, f"bad key record: {exc}")
+        _pk, bits, ktag, _tls = dkimpy.evaluate_pk(name.encode(), probe)
+    except Exception as exc:  # noqa: BLE001 - sender-written key bytes reach asn1/nacl parsers,
+        # whose failures are not all DKIMException; each one means "unusable key", never a crash.
+        return bad(f"bad key record: {exc or type(exc).__name__}")
     if ktag == b"ed25519":
         bits = 256
-    return KeyRecord(name, text, ktag.decode(), bits, testing, False, None)
+    return KeyRecord(name, text, ktag.decode(), bits, testing, False, None, strict, services, hashes, p)
 
 
-def _dnsfunc(resolver: Resolver):
-    """dkimpy's `dnsfunc` backed by the Resolver, turning DNS states into DKIM results."""
+def usable_key(qname: str, records: list[str]) -> KeyRecord | str:
+    """The key record dkimpy may use at `qname`, or why there is none.
+
+    RFC 6376 3.6.2.2: several records are undefined; the first usable one is taken."""
+    if not records:
+        return f"no key published at {qname}"
+    keys = [parse_key_record(qname, text) for text in records]
+    for key in keys:
+        if key.problem is None:
+            return key
+    return keys[0].problem or "bad key"
+
+
+def _dnsfunc(resolver: Resolver, seen: dict):
+    """dkimpy's `dnsfunc` backed by the Resolver, turning DNS states into DKIM results.
+
+    The key used is left in `seen["key"]` so the caller can apply its t= and h= tags."""
 
     def lookup(name: bytes, timeout: float = 5) -> bytes:
         qname = name.decode("ascii", "replace").rstrip(".")
@@ -105,14 +158,11 @@ def _dnsfunc(resolver: Resolver):
             raise _KeyProblem(AuthResult.PERMERROR, f"key lookup failed: {exc}") from None
         except (TempError, DnsError) as exc:
             raise _KeyProblem(AuthResult.TEMPERROR, f"key lookup failed: {exc}") from None
-        if not records:
-            raise _KeyProblem(AuthResult.PERMERROR, f"no key published at {qname}")
-        # RFC 6376 3.6.2.2: several records are undefined; use the first parsable one.
-        for text in records:
-            key = parse_key_record(qname, text)
-            if key.problem is None:
-                return txt_to_bytes(text)
-        raise _KeyProblem(AuthResult.PERMERROR, parse_key_record(qname, records[0]).problem or "bad key")
+        key = usable_key(qname, records)
+        if isinstance(key, str):
+            raise _KeyProblem(AuthResult.PERMERROR, key)
+        seen["key"] = key
+        return key.for_dkimpy()
 
     return lookup
 
@@ -132,8 +182,7 @@ def verify_dkim(message: bytes, resolver: Resolver) -> list[DkimOutcome]:
         # IndexError: dkimpy's parser on a header block that starts with a continuation line
         return [DkimOutcome(None, None, AuthResult.PERMERROR, f"unparsable message header: {exc}")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
-    dnsfunc = _dnsfunc(resolver)
-    return [_verify_one(d, idx, dnsfunc) for idx in range(count)]
+    return [_verify_one(d, idx, resolver) for idx in range(count)]
 
 
 def header_end(message: bytes) -> int:
@@ -142,7 +191,11 @@ def header_end(message: bytes) -> int:
     return min(ends) if ends else len(message)
 
 
-def _verify_one(d: dkimpy.DKIM, idx: int, dnsfunc) -> DkimOutcome:
+# RFC 8301 3.1: rsa-sha1 MUST NOT be used for signing or verifying.
+_REFUSED_ALGORITHMS = {"rsa-sha1": "rsa-sha1 is not accepted (RFC 8301 3.1: verifiers MUST NOT use it)"}
+
+
+def _verify_one(d: dkimpy.DKIM, idx: int, resolver: Resolver) -> DkimOutcome:
     sig: dict = {}
     raw = [v for n, v in d.headers if n.lower() == b"dkim-signature"][idx]
     try:
@@ -158,9 +211,13 @@ def _verify_one(d: dkimpy.DKIM, idx: int, dnsfunc) -> DkimOutcome:
     def out(result: AuthResult, reason: str) -> DkimOutcome:
         return DkimOutcome(dom, sel, result, reason, alg, getattr(d, "keysize", None), ident, b8)
 
+    refused = _REFUSED_ALGORITHMS.get((alg or "").lower())
+    if refused:
+        return DkimOutcome(dom, sel, AuthResult.PERMERROR, refused, alg, None, ident, b8)
     d.keysize = None
+    seen: dict = {}
     try:
-        ok = d.verify(idx, dnsfunc=dnsfunc)
+        ok = d.verify(idx, dnsfunc=_dnsfunc(resolver, seen))
     except _KeyProblem as exc:
         return out(exc.result, exc.reason)
     except dkimpy.ValidationError as exc:
@@ -173,9 +230,27 @@ def _verify_one(d: dkimpy.DKIM, idx: int, dnsfunc) -> DkimOutcome:
         return out(AuthResult.PERMERROR, str(exc))
     except dkimpy.DKIMException as exc:
         return out(AuthResult.PERMERROR, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the signature and key are the sender's to write;
+        # a parser failure dkimpy does not wrap must fail this signature, not the gateway.
+        return out(AuthResult.PERMERROR, f"unverifiable signature ({type(exc).__name__}: {exc})")
+    key: KeyRecord | None = seen.get("key")
+    if key is not None:
+        problem = _key_rejects(key, alg, dom, ident)
+        if problem:
+            return out(AuthResult.PERMERROR, problem)
     if ok:
         return out(AuthResult.PASS, "signature verified")
     return out(AuthResult.FAIL, "signature did not verify")
+
+
+def _key_rejects(key: KeyRecord, alg: str | None, d: str | None, i: str | None) -> str | None:
+    """Key-record tags dkimpy does not apply (RFC 6376 3.6.1): h= and t=s."""
+    hash_alg = (alg or "").lower().rpartition("-")[2]
+    if key.hashes is not None and hash_alg not in key.hashes:
+        return f"key allows only h={':'.join(key.hashes)}, signature uses {hash_alg} (RFC 6376 3.6.1)"
+    if key.strict and i and normalize_domain(i.rpartition("@")[2]) != d:
+        return f"key has t=s: i={i} must use exactly d={d} (RFC 6376 3.6.1)"
+    return None
 
 
 def _ed25519_seed_b64(private_key: bytes) -> bytes:

@@ -7,6 +7,7 @@ their own DNS and PSL handling; edrules needs the Resolver and the shared PSL (d
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -31,10 +32,10 @@ class Alignment(StrEnum):
 
 
 class RecordStatus(StrEnum):
-    """Whether a discovered record can be applied (ok) or DMARC ends in an error result."""
+    """Whether a discovered record is applied (ok), DMARC is not applied (none), or DNS failed."""
 
     OK = "ok"
-    PERMERROR = "permerror"
+    NONE = "none"  # RFC 7489 6.6.3 steps 5-6: several records, or no usable p= and no rua=
     TEMPERROR = "temperror"
 
 
@@ -43,7 +44,8 @@ class DmarcRecord:
     """A DMARC policy record as found in DNS, with its problems as values.
 
     `domain` is where it was found (the From domain, or its organisational domain when
-    `org_fallback`); `errors` make it unusable (status permerror); `warnings` do not.
+    `org_fallback`); `errors` say why DMARC is not applied (status none / temperror);
+    `warnings` are tags receivers ignore in favour of their defaults (RFC 7489 6.3).
     """
 
     domain: str
@@ -59,6 +61,8 @@ class DmarcRecord:
     org_fallback: bool = False
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # set when p= was missing/invalid (or sp= invalid) and rua= made receivers act as p=none
+    as_p_none: str | None = None
 
     def policy_for(self, from_domain: str) -> Policy | None:
         """p= for the domain that published, sp= (else p=) for its subdomains (RFC 7489 6.6.3)."""
@@ -69,70 +73,94 @@ class DmarcRecord:
 
 _POLICIES = {p.value: p for p in Policy}
 _ALIGN = {a.value: a for a in Alignment}
+# RFC 7489 6.3: "v" MUST be the first tag and its value MUST match "DMARC1" precisely (the
+# ABNF spells it %x44 %x4d %x41 %x52 %x43 %x31: case-sensitive); anything else is no DMARC record.
+_VERSION = re.compile(r"\s*[vV]\s*=\s*DMARC1\s*(;|$)")
+# RFC 3986 3.1 scheme ":" something, with DMARC's optional "!size" suffix (RFC 7489 6.4)
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[\x22-\x2b\x2d-\x3a\x3c-\x7e]+(![0-9]+[kmgtKMGT]?)?")  # ASCII only
+_REPORT_SCHEMES = ("mailto:", "https:", "http:")
+_KNOWN = {"v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "rf", "ri"}
+# DMARCbis tags: not RFC 7489, ignored without a warning
+_LATER = {"np", "psd", "t"}
+
+
+def is_dmarc_record(text: str) -> bool:
+    """Whether a TXT record is a DMARC record at all (RFC 7489 6.6.3 steps 2 and 4)."""
+    return _VERSION.match(text) is not None
 
 
 def parse_dmarc_record(text: str, domain: str, org_fallback: bool = False) -> DmarcRecord:
-    """Parse one `v=DMARC1; ...` record; syntax problems become errors/warnings, not exceptions."""
-    errors: list[str] = []
+    """Parse one `v=DMARC1; ...` record; syntax problems become errors/warnings, not exceptions.
+
+    RFC 7489 6.3: only v= and p= decide whether the record is used; a syntax error in any
+    other tag is ignored in favour of that tag's default (a warning). 6.6.3 step 6: without
+    a valid p= (or with an invalid sp=) the record acts as p=none when rua= holds a valid
+    URI, and otherwise DMARC is not applied (status none)."""
+    if not is_dmarc_record(text):
+        return DmarcRecord(domain, text, RecordStatus.NONE, org_fallback=org_fallback,
+                           errors=("not a DMARC record: it must start with v=DMARC1 (exactly; RFC 7489 6.3)",))
     warnings: list[str] = []
     tags: dict[str, str] = {}
-    parts = [t.strip() for t in text.split(";")]
-    for i, part in enumerate(parts):
+    for part in (t.strip() for t in text.split(";")[1:]):
         if not part:
             continue
         name, sep, value = part.partition("=")
         name, value = name.strip().lower(), value.strip()
         if not sep or not name:
-            errors.append(f"malformed tag {part!r}")
-            continue
-        if i == 0 and (name != "v" or value.upper() != "DMARC1"):
-            errors.append("record must start with v=DMARC1")
-        if name in tags:
-            errors.append(f"duplicate tag {name}=")
-            continue
-        tags[name] = value
+            warnings.append(f"malformed tag {part!r} ignored")
+        elif name == "v":
+            warnings.append("second v= tag ignored")
+        elif name in tags:
+            warnings.append(f"duplicate tag {name}= ignored (the first one applies)")
+        else:
+            tags[name] = value
     kw: dict = {}
+    problems: list[str] = []
     for name in ("p", "sp"):
         if name in tags:
             pol = _POLICIES.get(tags[name].lower())
             if pol is None:
-                errors.append(f"invalid {name}={tags[name]!r} (none, quarantine or reject)")
+                problems.append(f"invalid {name}={tags[name]!r} (none, quarantine or reject)")
             kw[name] = pol
     if "p" not in tags:
-        # RFC 7489 6.6.3: a record without p= but with a valid rua is applied as p=none.
-        if "rua" in tags:
-            kw["p"] = Policy.NONE
-            warnings.append("missing p=: treated as p=none because rua= is present")
-        else:
-            errors.append("missing required p= tag")
+        problems.append("no p= tag")
+    uris = {n: tuple(u.strip() for u in tags.get(n, "").split(",") if u.strip()) for n in ("rua", "ruf")}
+    for name, found in uris.items():
+        if name not in tags:
+            continue
+        bad = [u for u in found if not _URI.fullmatch(u) or not u.lower().startswith(_REPORT_SCHEMES)]
+        if bad or not found:
+            # A bad report URI does not stop policy (RFC 7489 6.3: MUST be ignored).
+            warnings.append(f"invalid {name} URI {', '.join(bad) or '(empty)'} ignored")
+        kw[name] = tuple(u for u in found if u not in bad)
+    if problems:
+        if not any(_URI.fullmatch(u) for u in uris["rua"]):
+            return DmarcRecord(domain, text, RecordStatus.NONE, org_fallback=org_fallback,
+                               errors=tuple(problems) + ("no valid rua= either: DMARC is not applied "
+                                                         "(RFC 7489 6.6.3 step 6)",),
+                               warnings=tuple(warnings))
+        # RFC 7489 6.6.3 step 6.1: act as if the record were v=DMARC1; p=none (and rua= is kept).
+        kw["p"], kw["sp"] = Policy.NONE, None
+        kw["as_p_none"] = "; ".join(problems) + ": treated as p=none because rua= is present (RFC 7489 6.6.3)"
     if "pct" in tags:
         v = tags["pct"]
-        if v.isdigit() and 0 <= int(v) <= 100:
+        if v.isascii() and v.isdigit() and 0 <= int(v) <= 100:
             kw["pct"] = int(v)
         else:
-            errors.append(f"invalid pct={v!r} (integer 0-100)")
+            warnings.append(f"invalid pct={v!r} ignored: 100 applies (integer 0-100)")
     for name in ("adkim", "aspf"):
         if name in tags:
             a = _ALIGN.get(tags[name].lower())
             if a is None:
-                errors.append(f"invalid {name}={tags[name]!r} (r or s)")
+                warnings.append(f"invalid {name}={tags[name]!r} ignored: r applies (r or s)")
             else:
                 kw[name] = a
-    for name in ("rua", "ruf"):
-        if name in tags:
-            uris = tuple(u.strip() for u in tags[name].split(",") if u.strip())
-            bad = [u for u in uris if not u.lower().startswith(("mailto:", "https:", "http:"))]
-            if bad or not uris:
-                # A bad report URI does not stop policy (RFC 7489 6.3: MUST be ignored).
-                warnings.append(f"invalid {name} URI {', '.join(bad) or '(empty)'}")
-            kw[name] = tuple(u for u in uris if u not in bad)
-    unknown = sorted(set(tags) - {"v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "rf", "ri", "np", "psd", "t"})
+    unknown = sorted(set(tags) - _KNOWN - _LATER)
     if unknown:
         warnings.append("unknown tags ignored: " + ", ".join(unknown))
-    status = RecordStatus.PERMERROR if errors else RecordStatus.OK
     return DmarcRecord(
-        domain=domain, text=text, status=status, org_fallback=org_fallback,
-        errors=tuple(errors), warnings=tuple(warnings), **{k: v for k, v in kw.items() if v is not None},
+        domain=domain, text=text, org_fallback=org_fallback, warnings=tuple(warnings),
+        **{k: v for k, v in kw.items() if v is not None},
     )
 
 
@@ -141,15 +169,17 @@ def _records_at(name: str, resolver: Resolver) -> list[str]:
         txts = resolver.txt(name)
     except (NXDomain, PermError):
         return []
-    # Only records starting with v=DMARC1 count (RFC 7489 6.6.3 step 2).
-    return [t for t in txts if t.replace(" ", "").upper().startswith("V=DMARC1")]
+    # Records not starting with v=DMARC1 are discarded (RFC 7489 6.6.3 steps 2 and 4).
+    return [t for t in txts if is_dmarc_record(t)]
 
 
 def lookup_dmarc(from_domain: str, resolver: Resolver) -> DmarcRecord | None:
-    """Find the record for `from_domain`, falling back to its organisational domain.
+    """Policy discovery (RFC 7489 6.6.3): the From domain, then its organisational domain
+    only when the From domain has no DMARC record at all.
 
-    None means no DMARC record (result none). DNS trouble or several records come back as
-    a record with status temperror / permerror, so callers never handle exceptions.
+    None means no DMARC record (result none). Several records, or one that cannot be used,
+    come back with status none and no fallback (step 5); DNS trouble as temperror; callers
+    never handle exceptions.
     """
     domain = normalize_domain(from_domain)
     if not domain:
@@ -163,8 +193,9 @@ def lookup_dmarc(from_domain: str, resolver: Resolver) -> DmarcRecord | None:
             return DmarcRecord(name, "", RecordStatus.TEMPERROR, org_fallback=fallback,
                                errors=(f"DNS error: {exc}",))
         if len(found) > 1:
-            return DmarcRecord(name, " | ".join(found), RecordStatus.PERMERROR, org_fallback=fallback,
-                               errors=(f"{len(found)} DMARC records at _dmarc.{name} (exactly one allowed)",))
+            return DmarcRecord(name, " | ".join(found), RecordStatus.NONE, org_fallback=fallback,
+                               errors=(f"{len(found)} DMARC records at _dmarc.{name}: DMARC is not applied "
+                                       "(RFC 7489 6.6.3 step 5)",))
         if found:
             return parse_dmarc_record(found[0], name, fallback)
     return None
@@ -213,19 +244,40 @@ def evaluate_dmarc(
 
     from_domains: the domain of every RFC5322.From mailbox (one per mailbox, all headers);
     zero or several mailboxes is a fail (RFC 7489 6.6.1: such mail is not DMARC-evaluable and
-    is treated as hostile, as edrules' `from_invalid` fact). spf_domain is the domain SPF
-    checked (MAIL FROM, or HELO for a null sender). dkim: (d=, result) per signature, or the
-    DkimOutcome list verify_dkim returned.
+    is treated as hostile, as edrules' `from_invalid` fact); with several, the policy is the
+    most strict one of the author domains whose check fails (RFC 7489 6.6.1). spf_domain is
+    the domain SPF checked (MAIL FROM, or HELO for a null sender). dkim: (d=, result) per
+    signature, or the DkimOutcome list verify_dkim returned.
     `record` skips the DNS lookup; `sample` draws in [0, 1) for pct.
     """
     if isinstance(from_domains, str) or from_domains is None:
         from_domains = [from_domains] if from_domains else []
     doms = [normalize_domain(d) for d in from_domains]
-    if len(doms) != 1 or not doms[0]:
-        why = "no From mailbox" if not doms else (
-            "From mailbox without a domain" if len(doms) == 1 else f"{len(doms)} From mailboxes")
+    sigs = [(x.d, x.result) if hasattr(x, "result") else x for x in dkim]
+    if len(doms) == 1 and doms[0]:
+        return _evaluate_one(doms[0], spf_result, spf_domain, sigs, resolver, record, sample)
+    if len(doms) <= 1:
+        why = "no From mailbox" if not doms else "From mailbox without a domain"
         return DmarcOutcome(AuthResult.FAIL, None, None, reason=why)
-    domain = doms[0]
+    # RFC 7489 6.6.1: evaluate every author domain and apply the most strict policy among
+    # the checks that fail. The result stays fail: such a From is `from_invalid` for the rules.
+    each = [_evaluate_one(d, spf_result, spf_domain, sigs, resolver, record, sample)
+            for d in dict.fromkeys(doms) if d]
+    failing = [o for o in each if o.result is AuthResult.FAIL and o.policy is not None]
+    worst = max(failing, key=lambda o: _STRICTNESS[o.policy], default=None)
+    why = f"{len(doms)} From mailboxes"
+    if worst is None:
+        return DmarcOutcome(AuthResult.FAIL, None, None, reason=why + "; no author domain's DMARC check fails")
+    return DmarcOutcome(AuthResult.FAIL, worst.policy, None, worst.published_policy, False, False, worst.record,
+                        f"{why}; most strict policy of the failing author domains: {worst.domain} "
+                        f"p={worst.policy} (RFC 7489 6.6.1)")
+
+
+_STRICTNESS = {Policy.NONE: 0, Policy.QUARANTINE: 1, Policy.REJECT: 2}
+
+
+def _evaluate_one(domain: str, spf_result, spf_domain: str | None, sigs: list, resolver: Resolver,
+                  record: DmarcRecord | None, sample: Callable[[], float]) -> DmarcOutcome:
     rec = record if record is not None else lookup_dmarc(domain, resolver)
     if rec is None:
         return DmarcOutcome(AuthResult.NONE, None, domain, reason="no DMARC record")
@@ -233,7 +285,6 @@ def evaluate_dmarc(
         return DmarcOutcome(AuthResult(rec.status.value), None, domain, record=rec,
                             reason="; ".join(rec.errors))
     spf_ok = str(spf_result) == "pass" and aligned(spf_domain, domain, rec.aspf)
-    sigs = [(x.d, x.result) if hasattr(x, "result") else x for x in dkim]
     dkim_ok = any(str(r) == "pass" and aligned(d, domain, rec.adkim) for d, r in sigs)
     published = rec.policy_for(domain)
     if spf_ok or dkim_ok:

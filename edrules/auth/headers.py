@@ -19,8 +19,11 @@ _AUTHSERV = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-_]*[A-Za-z0-9])?$")
 
 
 def _comment(text: str) -> str:
-    # Parentheses and backslashes would end or escape an RFC 5322 comment early.
-    return re.sub(r"[()\\;\r\n]", " ", text).strip()
+    # Parentheses and backslashes would end or escape an RFC 5322 comment early; a reason's
+    # own "(...)" and ";" become commas so it still reads as one sentence.
+    text = re.sub(r"[\\\r\n]", " ", text.replace("(", ", ").replace(")", " ").replace(";", ","))
+    text = re.sub(r"\s+", " ", text)
+    return re.sub(r"\s*,[\s,]*", ", ", text).strip(" ,")
 
 
 def format_authentication_results(authserv_id: str, results: "AuthResults") -> str:

@@ -16,7 +16,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
-import dns.zone
+import dns.tokenizer
+import dns.zonefile
 
 from edrules.errors import EdrulesError, Location
 
@@ -26,6 +27,7 @@ from edrules.errors import EdrulesError, Location
 OFFLINE_ENV = "EDRULES_DNS"
 
 MAX_CNAME_CHAIN = 8
+MAX_ZONE_BYTES = 64 << 20  # far above any mail domain's zone; bounds what one file may cost
 
 
 class DnsError(Exception):
@@ -137,17 +139,23 @@ class ZoneResolver:
         for path in paths:
             p = Path(path)
             try:
-                text = p.read_text(encoding="utf-8")
+                if not p.is_file():
+                    # a FIFO would block for ever, /dev/zero would fill memory
+                    raise EdrulesError("cannot read zone file: not a regular file", Location(str(p)))
+                if p.stat().st_size > MAX_ZONE_BYTES:
+                    raise EdrulesError(f"cannot read zone file: larger than {MAX_ZONE_BYTES >> 20} MiB",
+                                       Location(str(p)))
+                data = p.read_bytes()
             except OSError as exc:
                 raise EdrulesError(f"cannot read zone file: {exc.strerror}", Location(str(p))) from None
-            resolver.add_text(text, None, source=str(p))
+            resolver.add_text(_decode_zone(data, str(p)), None, source=str(p))
         return resolver
 
     def add_text(self, text: str, origin: str | None = None, *, source: str | None = None) -> None:
         # A default TTL keeps hand-written test zones short; error lines are shifted back.
         body = "$TTL 3600\n" + text
         try:
-            zone = _parse_zone(body, origin)
+            rrsets = _parse_zone(body, origin)
         except dns.exception.SyntaxError as exc:
             line = _line_of(str(exc))
             # dnspython reports some errors after consuming the newline (one line late):
@@ -160,18 +168,17 @@ class ZoneResolver:
                     line -= 1
             raise EdrulesError(f"bad zone file: {_strip_line(str(exc))}",
                                Location(source, line - 1 if line else None)) from None
-        except dns.exception.DNSException as exc:
+        except (dns.exception.DNSException, ValueError, UnicodeError) as exc:
+            # ValueError/UnicodeError: dnspython's rdata parsers on values the tokenizer let through
             raise EdrulesError(f"bad zone file: {exc}", Location(source)) from None
-        for name, node in zone.nodes.items():
-            owner = _key(name.to_text())
+        for rrset in rrsets:
+            if rrset.rdclass != dns.rdataclass.IN:
+                continue
+            owner = _key(rrset.name.to_text())
             bucket = self.records.setdefault(owner, {})
             labels = owner.split(".")
             self.existing.update(".".join(labels[i:]) for i in range(len(labels)))
-            for rdataset in node.rdatasets:
-                if rdataset.rdclass != dns.rdataclass.IN:
-                    continue
-                rdtype = dns.rdatatype.to_text(rdataset.rdtype)
-                bucket.setdefault(rdtype, []).extend(rdataset)
+            bucket.setdefault(dns.rdatatype.to_text(rrset.rdtype), []).extend(rrset)
 
     # -- lookups --------------------------------------------------------------------------
     def _exists(self, name: str) -> bool:
@@ -228,9 +235,86 @@ class ZoneResolver:
         return [_key(r.target.to_text()) for r in self._lookup(reverse_name(ip), "PTR")]
 
 
-def _parse_zone(text: str, origin: str | None) -> dns.zone.Zone:
-    # Without an origin everything hangs off the root, so $ORIGIN lines may switch domains.
-    return dns.zone.from_text(text, origin=origin or dns.name.root, relativize=False, check_origin=False)
+class _AnyOrigin(dns.name.Name):
+    """Equal to every name: dnspython's 'non-origin SOA' check passes for any SOA owner.
+    (A Name subclass, so Python asks its __ne__ before dns.name.Name's.)"""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = dns.name.Name.__hash__
+
+
+class _RecordsTransaction(dns.zonefile.RRsetsReaderTransaction):
+    # dns.zone.Zone insists that an SOA sits at the zone's origin, and the origin here is the
+    # root (so one text may hold many domains): an ordinary BIND file, `$ORIGIN example.com.`
+    # then `@ IN SOA ...`, failed with "non-origin SOA". edrules never serves SOA records, so
+    # the check is waived; dnspython uses _origin_information only for that check.
+    def _origin_information(self):
+        origin, relativize, _effective = self.manager.origin_information()
+        return origin, relativize, _AnyOrigin(())
+
+
+class _RecordsManager(dns.zonefile.RRSetsReaderManager):
+    def writer(self, replacement=False):
+        return _RecordsTransaction(self, True, False)
+
+
+class OverlayResolver:
+    """`base` with some names' TXT or MX answers replaced: the DNS as it will answer once
+    records are published (dns-check verifies its own suggestions this way)."""
+
+    def __init__(self, base: Resolver, *, txt: dict[str, list[str]] | None = None,
+                 mx: dict[str, list[tuple[int, str]]] | None = None):
+        self.base = base
+        self._txt = {_check_name(k, "TXT"): list(v) for k, v in (txt or {}).items()}
+        self._mx = {_check_name(k, "MX"): list(v) for k, v in (mx or {}).items()}
+
+    def txt(self, name: str) -> list[str]:
+        key = _check_name(name, "TXT")
+        return list(self._txt[key]) if key in self._txt else self.base.txt(name)
+
+    def a(self, name: str) -> list[str]:
+        return self.base.a(name)
+
+    def aaaa(self, name: str) -> list[str]:
+        return self.base.aaaa(name)
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        key = _check_name(name, "MX")
+        return list(self._mx[key]) if key in self._mx else self.base.mx(name)
+
+    def ptr(self, ip: str) -> list[str]:
+        return self.base.ptr(ip)
+
+
+def _parse_zone(text: str, origin: str | None) -> list:
+    """Master-file text to RRsets, with $ORIGIN/$TTL/$GENERATE (no $INCLUDE: a zone file
+    must not make edrules read other files). Without an origin everything hangs off the
+    root, so $ORIGIN lines may switch domains."""
+    root = dns.name.from_text(origin) if origin else dns.name.root
+    manager = _RecordsManager(root, False, dns.rdataclass.IN)
+    with manager.writer(True) as txn:
+        tok = dns.tokenizer.Tokenizer(text, "<string>")
+        dns.zonefile.Reader(tok, dns.rdataclass.IN, txn, allow_include=False).read()
+    return manager.rrsets
+
+
+def _decode_zone(data: bytes, source: str) -> str:
+    """Zone file bytes as text, or a located error for a file that is not text."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise EdrulesError(f"bad zone file: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})",
+                           Location(source, line)) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise EdrulesError("bad zone file: binary data (a NUL byte)", Location(source, line))
+    return text
 
 
 def _line_of(message: str) -> int | None:

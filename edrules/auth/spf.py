@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import time
 from dataclasses import dataclass
 
@@ -103,6 +105,11 @@ def check_spf(ip: str, helo: str | None, envelope_from: str | None, resolver: Re
     identity = "mailfrom" if sender else "helo"
     if sender and "@" not in sender:
         sender = "postmaster@" + sender
+    try:
+        ipaddress.ip_address((ip or "").strip())
+    except ValueError:
+        # pyspf accepts '' and then fails inside check() (no cidrmax): refuse it here
+        return SpfOutcome(AuthResult.PERMERROR, None, f"bad client IP: {ip!r}", identity)
     try:
         q = spf_query(ip, helo, sender, resolver)
     except (pyspf.PermError, ValueError) as exc:  # a client IP pyspf cannot parse

@@ -55,17 +55,16 @@ def format_counts(counts: list[tuple[str, str, int]]) -> str:
 def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, out_path: str | None,
              now_text: str | None, pubkey: str | None, allow_unsigned: bool) -> None:
     """Evaluate a rule pack over a dataset and print verdict counts by action and category."""
-    import duckdb
 
     from edrules.backends.sql import copy_verdicts, verdict_counts
     from edrules.pack import load_pack
-    from edrules.schema import require_dataset
+    from edrules.schema import connect_dataset, require_dataset
 
     now = _parse_now(now_text)
     pack = load_pack(pack_path, pubkey_path=pubkey, allow_unsigned=allow_unsigned)
     if not Path(db_path).is_file():
         raise EdrulesError("no such dataset file", Location(db_path))
-    con = duckdb.connect(db_path, read_only=True)
+    con = connect_dataset(db_path, read_only=True)
     try:
         require_dataset(con, db_path)
         if backend == "sql":

@@ -138,9 +138,13 @@ _ALIGNED_AUTH = """coalesce(t.dmarc = 'pass', FALSE)
 
 
 def _today(now: datetime | date | None) -> date:
+    """The UTC calendar date expiry is judged by (docs/rules.md), as the runtime's _utc_date:
+    `--now 2026-06-02T01:30+05:00` is 1 June. Naive datetimes are UTC."""
     if now is None:
         return datetime.now(timezone.utc).date()
-    return now.date() if isinstance(now, datetime) else now
+    if isinstance(now, datetime):
+        return (now.astimezone(timezone.utc) if now.tzinfo is not None else now).date()
+    return now
 
 
 def _ip_parts(text: str | None) -> tuple[int, int, int] | None:
@@ -154,6 +158,8 @@ def _ip_parts(text: str | None) -> tuple[int, int, int] | None:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if getattr(ip, "scope_id", None) is not None:
+        return None  # `2001:db8::5%eth0`: the runtime's inet_pton rejects zone ids, so must we
     n = int(ip)
     return ip.version, n >> 64, n & 0xFFFF_FFFF_FFFF_FFFF
 
@@ -191,8 +197,8 @@ def _entries(policy: Policy) -> Iterator[tuple[int, Entry]]:
 
 def ip_table(addresses: Iterable[str | None]) -> pa.Table:
     """Integer form of each distinct IPv6 client IP text, for CIDR joins (unparseable ones left
-    out). IPv4 texts are parsed inside the query (_V4_RE); IPv6 goes through `ipaddress`, the
-    parser the runtime uses, so '::' forms, embedded dotted quads and zone ids mean the same."""
+    out). IPv4 texts are parsed inside the query (_V4_RE); IPv6 goes through `ipaddress`, so '::'
+    forms and embedded dotted quads mean what they mean to the runtime; zone ids are no address."""
     rows = [(a, *p) for a in dict.fromkeys(addresses) if (p := _ip_parts(a)) is not None]
     return pa.table(
         {

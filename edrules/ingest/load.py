@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage
-from edrules.schema import ensure_schema
+from edrules.schema import connect_dataset, ensure_schema, require_ingestable
 
 _DKIM = pa.list_(
     pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()), ("org", pa.string())])
@@ -94,10 +94,18 @@ class Batch:
     errors: dict[str, list] = field(default_factory=lambda: {c: [] for c in ERRORS_SCHEMA.names})
     bytes: int = 0
     files: int = 0
+    keys: set[str] = field(default_factory=set)
 
     def add(self, m: ExtractedMessage) -> None:
         f = m.facts
         mi = len(self.message_rows)
+        if f.msg_key in self.keys:
+            # The same bytes again in this batch: the row is kept (load counts it as a
+            # duplicate), its recipients, hops and headers are not, or they would load twice.
+            self.message_rows.append(_MESSAGE_ROW(f))
+            self.dkim.append([])
+            return
+        self.keys.add(f.msg_key)
         # Every string is valid UTF-8 already: split_header_block decodes strictly (NULs
         # replaced) and decode_words cleans what RFC 2047 decoding produces.
         self.message_rows.append(_MESSAGE_ROW(f))
@@ -168,9 +176,19 @@ def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPy
     try:
         if str(db) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(db))
+    except OSError as exc:
+        raise EdrulesError(f"cannot create the database folder: {exc.strerror}", Location(str(db))) from None
+    # e.g. another process holds DuckDB's write lock, or the file is not a database
+    con = connect_dataset(str(db), read_only=False)
+    try:
+        # A foreign DuckDB file is refused before ensure_schema could add our tables to it.
+        require_ingestable(con, str(db))
         ensure_schema(con)
+    except EdrulesError:
+        con.close()
+        raise
     except (OSError, duckdb.Error) as exc:
+        con.close()
         # e.g. another process holds DuckDB's write lock, or the file is not a database
         raise EdrulesError(f"cannot open database: {str(exc).splitlines()[0]}", Location(str(db))) from None
     return con, True
@@ -246,13 +264,22 @@ def _insert_messages(con, msgs: pa.Table, batches: list[ArrowBatch], keys: list[
         "headers": pa.concat_tables([b.headers for b in batches]),
     }
     if not every:
-        # The same message twice in one run or already loaded: keep only new rows.
-        # Arrow's filter keeps row order (a SQL semi-join would not, under threads).
-        new_set = pa.array(new_keys)
-        for name in ("recipients", "received_hops", "headers"):
-            t = tables[name]
-            if t.num_rows:
-                tables[name] = t.filter(pc.is_in(t.column("msg_key"), value_set=new_set))
+        # The same message twice in one run or already loaded: keep only the child rows of
+        # the copy whose message row is kept (the first), batch by batch, since two batches of
+        # one flush may both hold it. Arrow's filter keeps row order (a SQL semi-join would not).
+        children: dict[str, list[pa.Table]] = {"recipients": [], "received_hops": [], "headers": []}
+        start = 0
+        for b in batches:
+            n = b.messages.num_rows
+            kept = pa.array([k for k, ok in zip(keys[start:start + n], keep_mask[start:start + n]) if ok],
+                            pa.string())
+            start += n
+            for name, t in (("recipients", b.recipients), ("received_hops", b.hops), ("headers", b.headers)):
+                if t.num_rows:
+                    children[name].append(t.filter(pc.is_in(t.column("msg_key"), value_set=kept)))
+        for name, parts in children.items():
+            if parts:
+                tables[name] = pa.concat_tables(parts)
     for table, data in tables.items():
         if data.num_rows:
             con.register("_edr_in", data)

@@ -12,15 +12,18 @@ from typing import Iterator, Sequence
 
 import duckdb
 
-from edrules.errors import EdrulesError
+from edrules.errors import EdrulesError, Location
 from edrules.ingest.extract import extract, normalize_category, top_auth_ids
 from edrules.ingest.headers import split_header_block
 from edrules.ingest.load import ArrowBatch, Batch, connect, load
 from edrules.ingest.readers import (
+    FileRefused,
     ReadFailure,
     Skipped,
     Unit,
     is_smtp_transcript,
+    open_regular,
+    read_capped,
     read_unit_bytes,
     units_of_file,
     walk,
@@ -90,6 +93,10 @@ def _process_unit(u: Unit, dataset: str, label: str | None, trust: TrustConfig, 
         if u.kind == "csv":
             _process_csv(u, dataset, label, trust, batch)
             return
+        if u.client_ip and "%" in u.client_ip:  # an SMTP transcript's XFORWARD ADDR
+            from edrules.ingest.quarantine import check_client_ip
+
+            check_client_ip(u.client_ip, Location(u.source, field="client_ip"))
         raw = read_unit_bytes(u)
         batch.bytes += len(raw)
         m = extract(
@@ -100,6 +107,8 @@ def _process_unit(u: Unit, dataset: str, label: str | None, trust: TrustConfig, 
         batch.add(m)
     except EdrulesError as exc:
         batch.error(dataset, u.source, _position(u, exc), _code(exc), exc.message)
+    except FileRefused as exc:
+        batch.error(dataset, u.source, _position(u, None), exc.error, exc.detail)
     except OSError as exc:
         batch.error(dataset, u.source, _position(u, None), "unreadable", exc.strerror or str(exc))
     except Exception as exc:  # noqa: BLE001 - a hostile message must become an error row
@@ -115,7 +124,7 @@ def _process_csv(u: Unit, dataset: str, label: str | None, trust: TrustConfig, b
         return
     kw = csv_fields(u)
     path = Path(eml) if os.path.isabs(eml) else Path(u.path).parent / eml
-    raw = path.read_bytes()
+    raw = read_capped(path)  # a FIFO or /dev/zero named by a row is refused, not read
     batch.bytes += len(raw)
     batch.add(extract(raw, source=u.source, dataset=dataset, trust=trust, detect_per_message=False,
                       label=label, **kw))
@@ -166,9 +175,9 @@ def detect_ids(files: Sequence[Path]) -> frozenset[str]:
         if path.suffix.lower() == ".csv":
             continue
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 head = fh.read(SNIFF_BYTES)
-        except OSError:
+        except (OSError, FileRefused):
             continue
         if is_smtp_transcript(head):
             start = head.find(b"\nDATA")
@@ -228,7 +237,13 @@ def ingest_paths(
         trust = trust.with_ids(detect_ids(files))
     jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(files) // BATCH_FILES + 1)))
     pool = _pool(jobs) if jobs > 1 else None  # before DuckDB starts threads in this process
-    con, owned = connect(db)
+    try:
+        con, owned = connect(db)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        raise
     # Loads are small and frequent; DuckDB's extra threads only take CPU from the workers.
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     con.execute("SET threads = 1")

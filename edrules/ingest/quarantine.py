@@ -14,7 +14,7 @@ from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage, Recipient, normalize_category
 from edrules.ingest.headers import decode_words
-from edrules.ingest.readers import ReadFailure, Unit
+from edrules.ingest.readers import FileRefused, ReadFailure, Unit, max_file_bytes, read_capped
 from edrules.ingest.received import parse_date
 
 REQUIRED = ("received_at", "recipient", "envelope_from", "client_ip", "category", "score", "quarantine_state")
@@ -22,16 +22,33 @@ OPTIONAL = ("header_from", "from_display", "subject", "message_id", "helo", "eml
 STATES = frozenset({"quarantined", "released", "deleted", "expired", "delivered", "rejected"})
 
 
+# The longest cell a row may hold (an eml path, a subject, ...): Python's csv default. The
+# reader itself is allowed cells as long as the file, so one oversized cell makes its own row
+# an error row instead of stopping the reader with every later row unaccounted for.
+MAX_CELL = 131072
+
+
+def _allow_long_fields() -> None:
+    # csv's limit is process-wide; it only ever grows here, and the file is capped already.
+    want = min(max_file_bytes() + 1, 2**31 - 1)
+    if csv.field_size_limit() < want:
+        csv.field_size_limit(want)
+
+
 def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
     src = str(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_capped(path).decode("utf-8-sig")
+    except FileRefused as exc:
+        yield ReadFailure(src, "file", exc.error, exc.detail)
+        return
     except OSError as exc:
         yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
         return
     except UnicodeDecodeError as exc:
         yield ReadFailure(src, f"byte {exc.start}", "csv-not-utf8", "quarantine CSV must be UTF-8")
         return
+    _allow_long_fields()
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -46,6 +63,7 @@ def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
     if missing:
         yield ReadFailure(src, "line 1", "csv-missing-column", "missing column(s): " + ", ".join(missing))
         return
+    failed_at = -1
     while True:
         try:
             row = next(reader)
@@ -53,12 +71,22 @@ def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
             return
         except csv.Error as exc:
             yield ReadFailure(src, f"line {reader.line_num}", "csv-syntax", str(exc))
-            return
+            if reader.line_num == failed_at:  # no progress: say what is left unread, then stop
+                yield ReadFailure(src, f"line {reader.line_num}", "csv-unread",
+                                  "the rest of the file was not read after a CSV syntax error")
+                return
+            failed_at = reader.line_num
+            continue
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(cols):
             yield ReadFailure(src, f"line {line}", "csv-field-count", f"{len(row)} fields, header has {len(cols)}")
+            continue
+        long = next(((c, len(v)) for c, v in zip(cols, row) if len(v) > MAX_CELL), None)
+        if long is not None:
+            yield ReadFailure(src, f"line {line}", "csv-cell-too-large",
+                              f"column {long[0]} holds {long[1]:,} characters; a cell may hold {MAX_CELL:,}")
             continue
         yield Unit("csv", f"{src}:{line}", src, row=tuple(zip(cols, row)), line=line)
 
@@ -79,6 +107,17 @@ def parse_csv_time(value: str, where: Location) -> datetime:
     return dt
 
 
+def check_client_ip(ip: str, where: Location) -> None:
+    """A client IP given explicitly (CSV cell, transcript) must be an address the facts keep."""
+    if normalize_ip(ip) is not None:
+        return
+    if "%" in ip:
+        # Python's ipaddress accepts `2001:db8::5%eth0` and inet_pton does not: one backend
+        # would match it against CIDRs and the other not. No mail client connects with a zone.
+        raise EdrulesError(f"not an IP address: {ip!r} (an IPv6 zone id is not a client IP)", where)
+    raise EdrulesError(f"not an IP address: {ip!r}", where)
+
+
 def csv_fields(unit: Unit) -> dict:
     """Validated keyword arguments for extraction from one CSV row (errors name line and field)."""
     row = dict(unit.row)
@@ -94,8 +133,8 @@ def csv_fields(unit: Unit) -> dict:
     env = row["envelope_from"].strip()
     out["envelope_from"] = env if env else None  # '<>' is the null sender, empty = unknown
     ip = row["client_ip"].strip()
-    if ip and normalize_ip(ip) is None:
-        raise EdrulesError(f"not an IP address: {ip!r}", loc("client_ip"))
+    if ip:
+        check_client_ip(ip, loc("client_ip"))
     out["client_ip"] = ip or None
     out["category"] = normalize_category(row["category"], loc("category"))
     score = row["score"].strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,6 +24,106 @@ MAILDIR_META = frozenset(
 
 # An mbox separator: "From " + sender + asctime date, at the start of the file or after a blank line.
 _MBOX_FROM = re.compile(rb"^From (\S*)[ \t]+(?:[A-Z][a-z]{2}[ \t]+){1,2}[ \d]?\d", re.M)
+
+
+# The most bytes ingest and explain read from one file (a message, an mbox, a quarantine CSV).
+# A larger file is an error row ("file-too-large"), never a read that exhausts memory (a symlink
+# to /dev/zero, a file that keeps growing). docs/datasets.md documents it; EDRULES_MAX_FILE_MB
+# moves it.
+DEFAULT_MAX_FILE_MB = 512
+MAX_FILE_ENV = "EDRULES_MAX_FILE_MB"
+
+
+def max_file_bytes() -> int:
+    raw = os.environ.get(MAX_FILE_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_FILE_MB
+    except ValueError:
+        mb = DEFAULT_MAX_FILE_MB
+    return int(mb * 1024 * 1024) if mb > 0 else DEFAULT_MAX_FILE_MB * 1024 * 1024
+
+
+class FileRefused(Exception):
+    """A path ingest will not read: not a regular file, or over the per-file limit."""
+
+    def __init__(self, error: str, detail: str):
+        super().__init__(detail)
+        self.error, self.detail = error, detail
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _not_regular(mode: int) -> FileRefused:
+    return FileRefused("not-a-regular-file", f"{_kind_of(mode)} is not read; only regular files are")
+
+
+def _too_large(size: int, limit: int) -> FileRefused:
+    return FileRefused("file-too-large", f"over the per-file limit of {limit / 1048576:g} MiB ({size:,} bytes "
+                                         f"or more; {MAX_FILE_ENV} raises it)")
+
+
+def open_regular(path: str | Path):
+    """Open a regular file for reading. O_NONBLOCK: opening a FIFO must not wait for a writer
+    (fstat then refuses it); it changes nothing for regular files. Checking the open file,
+    not the name, leaves no window to swap a FIFO in after the check."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(st.st_mode)
+        limit = max_file_bytes()
+        if st.st_size > limit:
+            raise _too_large(st.st_size, limit)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_capped(path: str | Path, start: int = 0, length: int = -1) -> bytes:
+    """Bytes of a regular file (a slice when start/length are given), at most the per-file
+    limit: a file that grew past it since it was sized is refused, not read on."""
+    limit = max_file_bytes()
+    with open_regular(path) as fh:
+        if start:
+            fh.seek(start)
+        want = limit + 1 if length < 0 else min(length, limit + 1)
+        data = fh.read(want)
+    if len(data) > limit:
+        raise _too_large(len(data), limit)
+    return data
+
+
+def read_message_file(name: str) -> bytes:
+    """One message for `explain`: a path or '-' (stdin), under the same rules as ingest."""
+    from edrules.errors import EdrulesError, Location
+
+    limit = max_file_bytes()
+    if name == "-":
+        import sys
+
+        data = sys.stdin.buffer.read(limit + 1)
+        if len(data) > limit:
+            raise EdrulesError(f"cannot read message: {_too_large(len(data), limit).detail}", Location("<stdin>"))
+        return data
+    try:
+        return read_capped(name)
+    except FileRefused as exc:
+        raise EdrulesError(f"cannot read message: {exc.detail}", Location(name)) from None
+    except OSError as exc:
+        raise EdrulesError(f"cannot read message: {exc.strerror or exc}", Location(name)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,28 +176,68 @@ def is_skipped_name(name: str) -> str | None:
 
 def walk(paths: Sequence[str | Path]) -> Iterator[Path | Skipped | ReadFailure]:
     """Files to read, in a deterministic (sorted) order. A named file is always read; a
-    directory walk skips non-mail files by name and maildir tmp/ folders."""
+    directory walk skips non-mail files by name and maildir tmp/ folders. A FIFO, device or
+    socket (or a symlink to one) is an error row and is never opened: reading one hangs or
+    never ends."""
     for p in paths:
         path = Path(p)
-        if path.is_file():
-            yield path
-        elif path.is_dir():
-            for root, dirs, files in os.walk(path):
-                is_maildir = "cur" in dirs and "new" in dirs
-                dirs[:] = sorted(d for d in dirs if not (is_maildir and d == "tmp"))
-                for name in sorted(files):
-                    reason = is_skipped_name(name)
-                    full = Path(root) / name
-                    if reason:
-                        yield Skipped(str(full), reason)
-                    else:
-                        yield full
-        else:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
             yield ReadFailure(str(path), "file", "not-found", "no such file or directory")
+            continue
+        if stat.S_ISREG(mode):
+            yield path
+        elif stat.S_ISDIR(mode):
+            yield from _walk_dir(str(path))
+        else:
+            refused = _not_regular(mode)
+            yield ReadFailure(str(path), "file", refused.error, refused.detail)
+
+
+def _walk_dir(root: str) -> Iterator[Path | Skipped | ReadFailure]:
+    """os.walk's top-down order (files of a folder, then its sorted subfolders; symlinked
+    folders not followed), on scandir entries: their cached file type tells a regular file
+    without a stat() per file; only symlinks and the rare non-regular entry are stat'ed."""
+    try:
+        with os.scandir(root) as it:
+            entries = list(it)
+    except OSError as exc:
+        yield ReadFailure(str(Path(root)), "file", "unreadable", exc.strerror or str(exc))
+        return
+    dirs, files = [], []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        (dirs if is_dir else files).append(e)
+    names = {d.name for d in dirs}
+    is_maildir = "cur" in names and "new" in names
+    for e in sorted(files, key=lambda e: e.name):
+        full = Path(e.path)
+        reason = is_skipped_name(e.name)
+        if reason:
+            yield Skipped(str(full), reason)
+            continue
+        try:
+            if e.is_file():
+                yield full
+                continue
+            mode = e.stat().st_mode
+        except OSError as exc:
+            yield ReadFailure(str(full), "file", "unreadable", exc.strerror or str(exc))
+            continue
+        refused = _not_regular(mode)
+        yield ReadFailure(str(full), "file", refused.error, refused.detail)
+    for d in sorted(dirs, key=lambda e: e.name):
+        if (is_maildir and d.name == "tmp") or d.is_symlink():
+            continue
+        yield from _walk_dir(d.path)
 
 
 def _head(path: Path, n: int = 4096) -> bytes:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return fh.read(n)
 
 
@@ -218,6 +359,9 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
     src = str(path)
     try:
         head = _head(path, READ_WHOLE if keep_data else 4096)
+    except FileRefused as exc:
+        yield ReadFailure(src, "file", exc.error, exc.detail)
+        return
     except OSError as exc:
         yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
         return
@@ -228,7 +372,10 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
         return
     if is_smtp_transcript(head):
         try:
-            data = path.read_bytes()
+            data = read_capped(path)
+        except FileRefused as exc:
+            yield ReadFailure(src, "file", exc.error, exc.detail)
+            return
         except OSError as exc:
             yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
             return
@@ -240,7 +387,10 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
         return
     if is_mbox(head):
         try:
-            data = head if len(head) < READ_WHOLE and keep_data else path.read_bytes()
+            data = head if len(head) < READ_WHOLE and keep_data else read_capped(path)
+        except FileRefused as exc:
+            yield ReadFailure(src, "file", exc.error, exc.detail)
+            return
         except OSError as exc:
             yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
             return
@@ -254,18 +404,16 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
 
 
 def read_unit_bytes(unit: Unit) -> bytes:
+    """Raises FileRefused (not regular, over the limit) or OSError."""
     if unit.data is not None:
         return unit.data
-    with open(unit.path, "rb") as fh:
-        if unit.kind == "smtp":
-            fh.seek(unit.start)
-            data = fh.read(unit.end - unit.start)
-            # SMTP dot-stuffing: a line starting with '..' carries a single '.'.
-            return re.sub(rb"(?m)^\.\.", b".", data) if b"\n.." in data or data.startswith(b"..") else data
-        if unit.kind == "mbox":
-            fh.seek(unit.start)
-            return _unescape_mbox(fh.read(unit.end - unit.start))
-        return fh.read()
+    if unit.kind == "smtp":
+        data = read_capped(unit.path, unit.start, unit.end - unit.start)
+        # SMTP dot-stuffing: a line starting with '..' carries a single '.'.
+        return re.sub(rb"(?m)^\.\.", b".", data) if b"\n.." in data or data.startswith(b"..") else data
+    if unit.kind == "mbox":
+        return _unescape_mbox(read_capped(unit.path, unit.start, unit.end - unit.start))
+    return read_capped(unit.path)
 
 
 def _unescape_mbox(data: bytes) -> bytes:

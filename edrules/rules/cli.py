@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -101,12 +100,13 @@ def explain(message: str, pack_file: str | None, pubkey: str | None, allow_unsig
             trust_authserv: tuple[str, ...], mail_from: str | None, rcpt: tuple[str, ...],
             client_ip: str | None, helo: str | None, category: str | None, as_json: bool) -> None:
     """Show the facts of one message, the verdict per recipient, and why."""
+    from edrules.domains import normalize_ip
+    from edrules.ingest.readers import read_message_file
     from edrules.rules.explain import explain_message
 
-    try:
-        data = sys.stdin.buffer.read() if message == "-" else Path(message).read_bytes()
-    except OSError as exc:
-        raise EdrulesError(f"cannot read message: {exc.strerror} in {message}") from None
+    if client_ip is not None and normalize_ip(client_ip) is None:
+        raise EdrulesError(f"--client-ip is not an IP address: {client_ip!r}")
+    data = read_message_file(message)
     report = explain_message(
         data, source=message, pack_path=pack_file, pubkey_path=pubkey,
         allow_unsigned=allow_unsigned, trusted_authserv_ids=trust_authserv,

@@ -139,6 +139,7 @@ def _field(path: PathKey) -> str:
 # libyaml when present: the pure-Python composer needs ~1 s per 1,000 entries.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _ALIASES = "YAML anchors and aliases are not supported in rules files"
 
 
@@ -184,8 +185,16 @@ def _load_located(text: str) -> _Loaded:
             return items
         if n.tag == _STR_TAG:
             return n.value
-        value = constructor.construct_object(n, deep=True)
-        constructor.constructed_objects.clear()
+        try:
+            value = constructor.construct_object(n, deep=True)
+        except (ValueError, OverflowError):
+            # An unquoted scalar shaped like a date but no date (`2026-13-01`): keep the text,
+            # so the field's own check reports it, located, next to the file's other errors.
+            if n.tag != _TIMESTAMP_TAG:
+                raise
+            value = n.value
+        finally:
+            constructor.constructed_objects.clear()
         return value
 
     if node is None:

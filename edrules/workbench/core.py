@@ -14,7 +14,7 @@ import pandas as pd
 from edrules.errors import EdrulesError, Location
 from edrules.pack import LoadedPack
 from edrules.rules.model import Policy
-from edrules.schema import require_dataset
+from edrules.schema import connect_dataset, require_dataset
 from edrules.workbench import traffic
 from edrules.workbench.deploy import CompiledPack, compile_pack, verify_pack, whatif_metadata
 from edrules.workbench.evaluate import Backend, materialize
@@ -82,7 +82,7 @@ class Workbench:
             if self.read_only and not self.db.is_file():
                 raise EdrulesError("no dataset here: run `edrules demo` or Workbench.load(paths)",
                                    Location(str(self.db)))
-            self._con = duckdb.connect(str(self.db), read_only=self.read_only)
+            self._con = connect_dataset(str(self.db), read_only=self.read_only)
             if self.read_only:
                 try:
                     require_dataset(self._con, str(self.db))
