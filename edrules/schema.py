@@ -155,3 +155,56 @@ def require_ingestable(con: duckdb.DuckDBPyConnection, path: str) -> None:
         raise EdrulesError(f"not an edrules dataset (it holds other tables: {shown}); "
                            "ingest into a new file", Location(path))
     require_dataset(con, path)
+
+
+# -- the same dataset as partitioned Parquet (shared with Spark: edrules.spark) ---------------
+
+# A Parquet dataset is a folder with one sub-folder per table, hive-partitioned by dataset
+# (`messages/dataset=demo/part-0.parquet`): the layout Spark and DuckDB both read and write.
+PARQUET_TABLES = ("messages", "recipients", "received_hops", "headers", "ingest_errors")
+
+
+def _ddl_of(table: str) -> str:
+    return next(d for d in ALL_DDL if f"EXISTS {table} (" in d)
+
+
+def table_columns(table: str) -> list[str]:
+    """Column names of an edrules table in schema order."""
+    return list(_ddl_columns(_ddl_of(table)))
+
+
+def is_parquet_dataset(path) -> bool:
+    from pathlib import Path
+
+    p = Path(path)
+    return p.is_dir() and (p / "messages").is_dir() and (p / "recipients").is_dir()
+
+
+def attach_parquet_dataset(con: duckdb.DuckDBPyConnection, path) -> None:
+    """Views named like the dataset tables over a Parquet dataset folder, columns in schema order.
+    A table the folder lacks (no errors were written, say) is an empty view of the schema."""
+    from pathlib import Path
+
+    root = Path(path)
+    for table in PARQUET_TABLES:
+        files = sorted((root / table).glob("**/*.parquet")) if (root / table).is_dir() else []
+        if files:
+            glob = str(root / table / "**" / "*.parquet").replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {', '.join(table_columns(table))} "
+                        f"FROM read_parquet('{glob}', hive_partitioning = true, "
+                        "hive_types = {'dataset': VARCHAR}, union_by_name = true)")
+        else:
+            con.execute(_ddl_of(table).replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+
+
+def export_parquet_dataset(con: duckdb.DuckDBPyConnection, out) -> None:
+    """Write every table of a DuckDB dataset as a Parquet dataset folder (for Spark)."""
+    from pathlib import Path
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    for table in PARQUET_TABLES:
+        target = str(root / table).replace("'", "''")
+        if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
+            con.execute(f"COPY (SELECT * FROM {table}) TO '{target}' "
+                        "(FORMAT parquet, PARTITION_BY (dataset), OVERWRITE_OR_IGNORE)")
