@@ -62,8 +62,8 @@ def _load_policy(path: str, *, pubkey: str | None, allow_unsigned: bool) -> _Nam
 
 
 @click.command()
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
-              help="DuckDB dataset file (edrules ingest).")
+@click.option("--db", "db_path", required=True, type=click.Path(),
+              help="DuckDB dataset file (edrules ingest), or a Parquet dataset folder.")
 @click.option("--pack", "pack_path", required=True, type=click.Path(dir_okay=False),
               help="Compiled rule pack (edrules pack compile) or a rules file (.yaml).")
 @click.option("--backend", type=click.Choice(["sql", "runtime"]), default="sql", show_default=True,
@@ -77,24 +77,35 @@ def _load_policy(path: str, *, pubkey: str | None, allow_unsigned: bool) -> _Nam
 @click.option("--pubkey", default=None, type=click.Path(dir_okay=False),
               help="Trusted public key the pack must be signed by.")
 @click.option("--allow-unsigned", is_flag=True, help="Accept an unsigned pack (development only).")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="spark: the SQL backend's query on Spark (docs/spark.md); --out is then a folder.")
 def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, out_path: str | None,
-             now_text: str | None, pubkey: str | None, allow_unsigned: bool) -> None:
+             now_text: str | None, pubkey: str | None, allow_unsigned: bool, engine: str) -> None:
     """Evaluate a rule pack over a dataset and print verdict counts by action and category."""
-    from edrules.backends.evalscope import EvalDate, connect, default_now, require_known_dataset
+    from edrules.backends.evalscope import EvalDate, default_now, require_known_dataset
     from edrules.backends.sql import copy_verdicts, verdict_counts
     from edrules.schema import require_dataset
 
     given = _parse_now(now_text)
     pack = _load_policy(pack_path, pubkey=pubkey, allow_unsigned=allow_unsigned)
-    if not Path(db_path).is_file():
-        raise EdrulesError("no such dataset file", Location(db_path))
-    con = connect(db_path, read_only=True)
+    if engine == "spark" and backend != "sql":
+        raise click.UsageError("--engine spark runs the SQL backend; --backend runtime is DuckDB-side only")
+    con = open_dataset(db_path)
     try:
         require_dataset(con, db_path)
         require_known_dataset(con, dataset, db_path)
         when = EvalDate(given.replace(tzinfo=None), "given") if given else default_now(con, dataset)
         now = when.now
-        if backend == "sql":
+        if engine == "spark":
+            from edrules.spark import cli as spark_cli
+
+            if out_path:
+                spark_cli.write_verdicts(db_path, pack.policy, out_path, now=now, dataset=dataset)
+                counts = con.execute("SELECT action, category, count(*) FROM read_parquet($p) GROUP BY ALL",
+                                     {"p": str(Path(out_path) / "*.parquet")}).fetchall()
+            else:
+                counts = spark_cli.counts(db_path, pack.policy, now=now, dataset=dataset)
+        elif backend == "sql":
             if out_path:
                 copy_verdicts(con, pack.policy, out_path, now=now, dataset=dataset)
                 counts = con.execute(
@@ -116,7 +127,8 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
     finally:
         con.close()
     # One header line (the table follows it directly, as scripts read it), with the date used.
-    click.echo(f"pack {pack.name} ({backend} backend)" + (f", dataset {dataset}" if dataset else "")
+    click.echo(f"pack {pack.name} ({backend} backend{', spark' if engine == 'spark' else ''})"
+               + (f", dataset {dataset}" if dataset else "")
                + f", {when.short()}")
     if not counts:
         raise EdrulesError("0 recipient rows were evaluated: the dataset has no recipient rows "
@@ -124,3 +136,20 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
     click.echo(format_counts(counts))
     if out_path:
         click.echo(f"verdicts written to {out_path}")
+
+
+def open_dataset(db_path: str):
+    """A read-only connection to a DuckDB dataset file, or to DuckDB views over a Parquet
+    dataset folder (edrules.schema.attach_parquet_dataset): both read the same way."""
+    import duckdb
+
+    from edrules.backends.evalscope import connect
+    from edrules.schema import attach_parquet_dataset, is_parquet_dataset
+
+    if is_parquet_dataset(db_path):
+        con = duckdb.connect()
+        attach_parquet_dataset(con, db_path)
+        return con
+    if not Path(db_path).is_file():
+        raise EdrulesError("no such dataset (a DuckDB file or a Parquet dataset folder)", Location(db_path))
+    return connect(db_path, read_only=True)

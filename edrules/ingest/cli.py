@@ -13,7 +13,8 @@ SHOW_ERRORS = 5
 
 
 @click.command("ingest")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="DuckDB database file.")
+@click.option("--db", default=DEFAULT_DB, show_default=True,
+              help="DuckDB database file (with --engine spark: a Parquet dataset folder).")
 @click.option("--dataset", default="default", show_default=True, help="Dataset name the messages belong to.")
 @click.option("--label", type=click.Choice(["spam", "phishing", "malware", "ham", "clean"], case_sensitive=False),
               help="Category for messages that carry none.")
@@ -24,8 +25,10 @@ SHOW_ERRORS = 5
               help="Network of our own relays; Received fields below them are believed too. Repeatable.")
 @click.option("--no-auto-trust", is_flag=True, help="Do not auto-detect trusted authserv-ids or trust private relays.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Worker processes [default: all cores].")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="spark: Spark executors extract and write partitioned Parquet (docs/spark.md).")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
-def ingest(db, dataset, label, trusted_authserv, trusted_relay, no_auto_trust, jobs, paths):
+def ingest(db, dataset, label, trusted_authserv, trusted_relay, no_auto_trust, jobs, engine, paths):
     """Ingest PATH... (.eml files, folders incl. maildir, mbox, pasted header dumps, quarantine CSV)."""
     from pathlib import Path
 
@@ -39,6 +42,16 @@ def ingest(db, dataset, label, trusted_authserv, trusted_relay, no_auto_trust, j
         relays=tuple(trusted_relay),
         auto_detect=not no_auto_trust,
     )
+    if engine == "spark":
+        from edrules.spark import cli as spark_cli
+
+        summary = spark_cli.ingest(db, list(paths), dataset=dataset, label=label, trust=trust)
+        if summary.errors:
+            click.echo(f"  see {Path(db) / 'ingest_errors'} for the error rows", err=True)
+        if not trusted_authserv and not no_auto_trust:
+            click.echo(f"trusted authserv-ids (auto-detected): {', '.join(summary.authserv_ids) or 'none found'}")
+        click.echo(str(summary))
+        return
     summary = ingest_paths(
         db, list(paths), dataset=dataset, label=label, trust=trust, jobs=jobs, progress=sys.stderr.isatty()
     )

@@ -9,13 +9,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-import click
-
 from edrules.errors import EdrulesError, Location
 from edrules.rules.model import Policy
 
 
-def ingest(out: str, paths: list[str], *, dataset: str, label: str | None, trust) -> str:
+def ingest(out: str, paths: list[str], *, dataset: str, label: str | None, trust):
     """`edrules ingest --engine spark --db DIR`: the dataset folder is written by Spark."""
     from edrules.spark.ingest import ingest_spark
     from edrules.spark.session import spark_session
@@ -24,7 +22,7 @@ def ingest(out: str, paths: list[str], *, dataset: str, label: str | None, trust
         raise EdrulesError("with --engine spark, --db names a Parquet dataset folder, not a DuckDB file",
                            Location(out))
     spark = spark_session()
-    return str(ingest_spark(spark, paths, out, dataset=dataset, label=label, trust=trust))
+    return ingest_spark(spark, paths, out, dataset=dataset, label=label, trust=trust)
 
 
 @contextmanager
@@ -76,22 +74,21 @@ def write_verdicts(db: str, policy: Policy, out: str, *, now: datetime | None, d
 
 
 def whatif(db: str, before: Policy, after: Policy, *, now: datetime | None, dataset: str | None):
-    """`edrules whatif --engine spark`: the workbench's WhatIf, computed on Spark."""
+    """`edrules whatif --engine spark`: (the workbench's WhatIf computed on Spark, EvalDate)."""
     import duckdb
 
+    from edrules.backends.evalscope import EvalDate, default_now, require_known_dataset
     from edrules.schema import attach_parquet_dataset
     from edrules.spark.dataset import attach
     from edrules.spark.session import spark_session
     from edrules.spark.whatif import whatif_spark
 
     with parquet_dataset(db) as folder:
-        spark = spark_session()
-        attach(spark, folder)
         con = duckdb.connect()
         attach_parquet_dataset(con, folder)
-        if now is None:
-            from edrules.workbench.core import default_now
-
-            now = default_now(con, dataset)
-        click.echo(f"evaluation date: {now.isoformat()} (engine: spark)", err=True)
-        return whatif_spark(spark, con, before, after, now=now, dataset=dataset), now
+        require_known_dataset(con, dataset, db)
+        when = EvalDate(now.replace(tzinfo=None), "given") if now else default_now(con, dataset)
+        spark = spark_session()
+        attach(spark, folder)
+        diff = whatif_spark(spark, con, before, after, now=when.now, dataset=dataset)
+        return diff, when

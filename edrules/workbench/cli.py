@@ -104,8 +104,9 @@ def render_changes(table: pd.DataFrame) -> str:
 
 
 @click.command("whatif")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="DuckDB dataset (default: $EDRULES_DB or data/edrules.duckdb).")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="DuckDB dataset (default: $EDRULES_DB or data/edrules.duckdb); with --engine spark "
+                   "also a Parquet dataset folder.")
 @click.option("--pack", "packs", multiple=True, required=True,
               help="Rule pack (.json) or rules file (.yaml); give it twice: BEFORE then AFTER.")
 @click.option("--dataset", default=None, help="Only this dataset (default: all); an unknown name is an error.")
@@ -125,9 +126,11 @@ def render_changes(table: pd.DataFrame) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every changed row to FILE.csv or FILE.parquet (summary to FILE.summary.*).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: counts, summary and the top rows.")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="spark: both packs evaluated and diffed on Spark (docs/spark.md).")
 def whatif(db: Path | None, packs: tuple[str, ...], dataset: str | None, now: str | None, limit: int,
            backend: str, pubkey: Path | None, recipient: str | None, recipient_domain: str | None,
-           over_time: str | None, by_change: bool, out: Path | None, as_json: bool) -> None:
+           over_time: str | None, by_change: bool, out: Path | None, as_json: bool, engine: str) -> None:
     """Replay pack AFTER instead of BEFORE over the dataset; print what changes, per recipient.
 
     Unsigned packs are accepted (this only analyses them); a signed pack must verify. A
@@ -137,6 +140,26 @@ def whatif(db: Path | None, packs: tuple[str, ...], dataset: str | None, now: st
 
     if len(packs) != 2:
         raise click.UsageError("give --pack exactly twice: the deployed pack, then the candidate")
+    if engine == "spark":
+        if recipient or recipient_domain or by_change or backend != Backend.SQL.value:
+            raise click.UsageError("--engine spark takes no --recipient, --recipient-domain, --by-change "
+                                   "or --backend runtime")
+        from edrules.spark import cli as spark_cli
+        from edrules.workbench.packs import to_policy
+
+        before, after = (to_policy(p, pubkey_path=pubkey) for p in packs)
+        diff, when = spark_cli.whatif(str(db or default_db()), before, after, now=_parse_now(now),
+                                      dataset=dataset)
+        if as_json:
+            body = diff.to_json(limit=limit) | {"now": when.now.isoformat(), "evaluation_date": when.describe()}
+            click.echo(json.dumps(body, indent=2, default=_json_default, ensure_ascii=False))
+        else:
+            click.echo(render_text(diff, limit, now_line=when.describe()))
+        for p in diff.write(out) if out is not None else []:
+            click.echo(f"written: {p}")
+        if diff.empty:
+            raise EdrulesError("the what-if evaluated 0 recipient rows: nothing was compared")
+        return
     with Workbench(db or default_db(), dataset=dataset, now=_parse_now(now), backend=backend) as wb:
         wb.con  # the dataset file and name are checked before anything else
         before = wb.pack(packs[0], pubkey_path=pubkey)
