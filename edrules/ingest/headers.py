@@ -83,6 +83,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         if ch in text:
             text = text.replace(ch, "\ufffd")
     if "\xa0" in text:
+        _note_nbsp_folds(text, warnings)
         text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " ", text)
     if _BAD_LINE.search(text) is None and _FIELD_S.match(text):
         # Fast path (nearly every message): every line is a field or a continuation.
@@ -128,6 +129,19 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         break
     pairs = [(name, value.replace("\r", "").replace("\n", "").strip()) for name, value in zip(names, values)]
     return _finish(pairs, end, has_body, warnings, True)
+
+
+def _note_nbsp_folds(text: str, warnings: list[str]) -> None:
+    """Warn `nbsp-fold:<field>` for each field continued by a no-break-space line: a repair
+    an MTA never made (extract.py holds a From repaired this way invalid in mail)."""
+    current = None
+    for line in text.split("\n"):
+        if line.startswith("\xa0"):
+            if current is not None and f"nbsp-fold:{current}" not in warnings:
+                warnings.append(f"nbsp-fold:{current}")
+        elif line and line[0] not in " \t":
+            fm = _FIELD_S.match(line)
+            current = fm.group(1) if fm else None
 
 
 def _finish(
@@ -176,6 +190,51 @@ _LIST_ITEM = re.compile(
 )
 
 
+# Comments nest (RFC 5322 3.2.2) and the stdlib parses them recursively: a From of 50,000
+# '(' would raise RecursionError. No real header nests deeper than a few levels.
+MAX_COMMENT_DEPTH = 32
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+def comment_depth(value: str) -> int:
+    """Deepest nesting of parentheses outside quoted strings (escapes honoured)."""
+    if "(" not in value:
+        return 0
+    depth = deepest = 0
+    for ch in _QUOTED.sub("", value):
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")" and depth:
+            depth -= 1
+    return deepest
+
+
+def mailbox_syntax_ok(value: str) -> bool:
+    """The structure an address field must have before anything is read from it: balanced
+    quotes and comments, no deeper nesting than MAX_COMMENT_DEPTH, and at most one `<...>`
+    per mailbox with `<` before `>`. `<<a@b>>`, an unclosed `<` or `(` are not repaired
+    into an address a DMARC verifier never saw."""
+    if comment_depth(value) > MAX_COMMENT_DEPTH:
+        return False
+    v = _QUOTED.sub('""', value)
+    if '"' in v.replace('""', ""):
+        return False
+    for _ in range(MAX_COMMENT_DEPTH + 1):
+        stripped = _COMMENT.sub(" ", v)
+        if stripped == v:
+            break
+        v = stripped
+    if "(" in v or ")" in v:
+        return False
+    for part in v.split(","):
+        opens, closes = part.count("<"), part.count(">")
+        if opens != closes or opens > 1 or (opens and part.index("<") > part.index(">")):
+            return False
+    return True
+
+
 def mailboxes(value: str) -> list[tuple[str, str]]:
     """(display, address) pairs of an address-list field; empty entries dropped.
 
@@ -201,8 +260,10 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
             value = value[pos:]  # the parsed prefix ended at a comma: only the rest goes slow
         else:
             out = []
+    if comment_depth(value) > MAX_COMMENT_DEPTH:
+        return []
     try:
         pairs = out + getaddresses([value])
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, RecursionError):
         return []
     return [(d, a) for d, a in pairs if a]
