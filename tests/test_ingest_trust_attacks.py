@@ -203,3 +203,26 @@ def test_a_null_return_path_far_below_is_believed_when_the_trusted_spf_checked_t
     raw = msg(f"Authentication-Results: {ID}; spf=pass smtp.helo=mail.evil.example", GW, "Return-Path: <>")
     f = facts(raw)
     assert (f.envelope_from, f.spf, f.helo) == ("", "pass", "mail.evil.example")
+
+
+def test_auto_detection_takes_no_id_from_a_received_spf_written_below_the_gateways_results():
+    spf = "Received-SPF: pass (mx.evil.example: ok) receiver=mx.evil.example; envelope-from=<a@partner.example>"
+    ar = "Authentication-Results: mx.evil.example; spf=pass smtp.mailfrom=partner.example; dmarc=pass header.from=partner.example"
+    f = facts(msg(f"Authentication-Results: {ID}; dkim=none", GW, spf, ar), AUTO)
+    assert (f.spf, f.dmarc, f.envelope_from, f.authserv_id) == (None, None, None, ID)
+
+
+def test_a_return_path_below_the_edge_must_be_the_trusted_address_when_one_is_named():
+    raw = msg(f"Authentication-Results: {ID}; spf=pass smtp.mailfrom=billing@partner.example", GW,
+              "Return-Path: <ceo@partner.example>")
+    assert facts(raw).envelope_from == "billing@partner.example"
+
+
+@pytest.mark.parametrize("line", ["; dmarc=pass header.from=partner.example", "\u00a0; dmarc=pass header.from=partner.example"],
+                         ids=["line without colon", "no-break-space fold"])
+def test_a_line_the_sender_writes_under_the_gateways_last_field_is_not_joined_onto_it(line):
+    ar = f"Authentication-Results: {ID}; spf=fail smtp.mailfrom=partner.example"
+    f = facts(msg(GW, ar, line))
+    assert (f.spf, f.dmarc, f.header_from) == ("fail", None, "ceo@partner.example")
+    pasted = facts_from_bytes(msg(GW, ar, line), trust=TRUST, paste=True).facts
+    assert pasted.dmarc == "pass"  # a paste is repaired as the reader asked

@@ -85,8 +85,9 @@ def _hands_over(upper: Hop, lower: Hop, trust: TrustConfig) -> str | None:
     upper names its client by a trusted authserv-id (lower is then that gateway's field,
     whatever by-name it gives itself); "ours" when upper's relay recorded no client (a local
     hand-off such as Gmail's `by 2002:...` field) or named its client (received.client_names)
-    as lower's by-host, as a host under a trusted id (TrustConfig.writes_hop) or as a host of
-    upper's own organisation; else None.
+    as a host under a trusted id (TrustConfig.writes_hop) or of upper's own organisation;
+    else None. A client named merely as lower's by-host proves nothing: that is how every
+    chain reads, the sender's own relays included.
     An unverified name (a HELO: the field has no reverse-DNS slot) also links when its first
     label is that of lower's by-host: Microsoft 365 names one machine
     x.namprd05.prod.outlook.com in one field and x.outlook.office365.com in the next. An
@@ -102,7 +103,7 @@ def _hands_over(upper: Hop, lower: Hop, trust: TrustConfig) -> str | None:
     for name in names:
         if trust.trusts_id(name):
             return "gateway"
-        if name == by or trust.writes_hop(name):
+        if trust.writes_hop(name):
             return "ours"
         if is_ip_literal(name):
             continue
@@ -215,18 +216,26 @@ def facts_from_bytes(
 
 def top_auth_ids(block: HeaderBlock) -> set[str]:
     """Authserv-id of the top-most A-R and receiver of the top-most Received-SPF."""
-    out: set[str] = set()
+    ar, receiver = _top_ids(block)
+    return {i for i in (ar, receiver) if i}
+
+
+def _top_ids(block: HeaderBlock) -> tuple[str | None, str | None]:
     ar = block.first("authentication-results")
-    if ar is not None:
-        i = _top_id(ar)
-        if i:
-            out.add(i)
+    ar_id = (_top_id(ar) or None) if ar is not None else None
     spf = block.first("received-spf")
-    if spf is not None:
-        parsed = parse_received_spf(spf)
-        if parsed and parsed.receiver:
-            out.add(parsed.receiver)
-    return out
+    parsed = parse_received_spf(spf) if spf is not None else None
+    return ar_id, parsed.receiver if parsed else None
+
+
+def _detected_trust(block: HeaderBlock, trust: TrustConfig) -> TrustConfig:
+    """Per-message detection: the top-most A-R's id, and the top-most Received-SPF's receiver
+    as a receiver only. A gateway that stamps A-R but no Received-SPF leaves the top-most
+    Received-SPF to the sender, whose receiver must not make its own A-R believed."""
+    ar_id, receiver = _top_ids(block)
+    ids = {ar_id} if ar_id else set()
+    receivers = {receiver} if receiver and receiver != ar_id else set()
+    return replace(trust, authserv_ids=frozenset(ids), receiver_ids=frozenset(receivers))
 
 
 def extract(
@@ -263,7 +272,7 @@ def extract(
     warnings = list(block.warnings)
     fields = block.fields
     if detect_per_message:
-        trust = trust.with_ids(top_auth_ids(block))
+        trust = _detected_trust(block, trust)
 
     received = block.get_all("received")
     untrusted = [Hop(n, pos, *received_fields(v), raw=v) for n, (pos, v) in enumerate(received)]
@@ -274,8 +283,9 @@ def extract(
 
     # Our side's fields sit above the edge hop's own Received field (some just below it).
     edge_pos = hops[edge].position if edge is not None else len(fields)
-    auth = _trusted_auth(block, edge_pos, limit, trust, warnings)
-    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth, edge_pos)
+    repairs_from = None if paste else edge_pos  # see _as_delivered
+    auth = _trusted_auth(block, edge_pos, limit, trust, warnings, repairs_from)
+    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth, edge_pos, repairs_from)
     ip, helo_name, ptr = _client(client_ip, helo, hops[edge] if edge is not None else None, auth.spf_header)
     helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
     header_from, from_domain, from_display, from_invalid = _header_from(block, paste)
@@ -358,8 +368,17 @@ class _Auth:
     helo_only: bool = False  # the SPF result names the HELO and no MAIL FROM at all
 
 
+def _as_delivered(block: HeaderBlock, pos: int, value: str, edge_pos: int | None) -> str:
+    """A field below the edge hop's Received field as the gateway delivered it: a lost-fold
+    line joined onto it (HeaderBlock.original) is the sender's first line, under the
+    gateway's own last field; joined, the sender would append words (`; dmarc=pass`) to it.
+    Above the edge, a repair is the paste's (the seed's A-R folds with no-break spaces);
+    edge_pos None (paste mode) keeps every repair."""
+    return block.original.get(pos, value) if edge_pos is not None and pos > edge_pos else value
+
+
 def _trusted_auth(block: HeaderBlock, edge_pos: int, limit: int, trust: TrustConfig,
-                  warnings: list[str]) -> _Auth:
+                  warnings: list[str], repairs_from: int | None) -> _Auth:
     """Results of the Authentication-Results / Received-SPF fields our side wrote; per method
     the top-most such field that carries it wins, SPF falls back to Received-SPF.
 
@@ -375,6 +394,7 @@ def _trusted_auth(block: HeaderBlock, edge_pos: int, limit: int, trust: TrustCon
     for pos, value in block.get_all("authentication-results"):
         if pos >= limit:
             break
+        value = _as_delivered(block, pos, value, repairs_from)
         aid = _top_id(value)
         top_of_id = aid not in seen_ids
         seen_ids.add(aid)
@@ -399,7 +419,7 @@ def _trusted_auth(block: HeaderBlock, edge_pos: int, limit: int, trust: TrustCon
             break
         if pos > edge_pos and (n > 0 or (first_trusted_ar is not None and first_trusted_ar < pos)):
             break  # below the edge field and not the gateway's: the sender's
-        parsed = parse_received_spf(value, pos)
+        parsed = parse_received_spf(_as_delivered(block, pos, value, repairs_from), pos)
         if parsed and trust.trusts_receiver(parsed.receiver):
             out.spf_header = parsed
             break
@@ -439,25 +459,26 @@ def _trusted_auth(block: HeaderBlock, edge_pos: int, limit: int, trust: TrustCon
 
 
 def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, auth: _Auth,
-              edge_pos: int) -> tuple[str | None, str | None]:
+              edge_pos: int, repairs_from: int | None) -> tuple[str | None, str | None]:
     """Envelope sender: explicit > Return-Path > mbox From_ line > Received-SPF > smtp.mailfrom.
     A Return-Path below the edge hop's own Received field (`edge_pos`) may be the sender's: it
     is believed only when the trusted Received-SPF `envelope-from=` or A-R `smtp.mailfrom`
-    names the same envelope domain (or both the null sender); an SPF result for the HELO, or
-    one naming no identity, vouches for no Return-Path but the null sender's."""
+    names the same address (the same domain when it names only a domain; or both the null
+    sender); an SPF result for the HELO, or one naming no identity, vouches for no
+    Return-Path but the null sender's."""
     if explicit is not None:
         candidates = [explicit]
     else:
         trusted = [auth.spf_header.envelope_from if auth.spf_header else None, auth.ar_mailfrom]
         rps = block.get_all("return-path")
-        rp = rps[0][1] if rps else None
+        rp = _as_delivered(block, rps[0][0], rps[0][1], repairs_from) if rps else None
         if rp is not None and rps[0][0] > edge_pos:
-            known = {_env_key(t) for t in trusted if t is not None} - {None}
+            known = set().union(*(_env_key(t) for t in trusted if t is not None))
             if auth.helo_only:
                 # Microsoft 365 checks the HELO for a null sender and writes `Return-Path: <>`
                 # far down. Believing it makes the HELO the identity, which SPF checked.
                 known.add("<>")
-            if _env_key(rp) not in known:
+            if not _rp_keys(rp) & known:
                 rp = None
         candidates = [rp, mbox_from, *trusted]
     for cand in candidates:
@@ -482,10 +503,25 @@ def _spf_for_envelope(spf_domain: str | None, env_from: str | None, env_domain: 
     return env_domain is not None and spf_domain == env_domain
 
 
-def _env_key(value: str) -> str | None:
-    """Envelope domain of a MAIL FROM value ('<>' for the null sender), None when unreadable."""
+def _env_key(value: str) -> set:
+    """What a MAIL FROM value names, to compare a Return-Path with the trusted one: '<>' for
+    the null sender; else the address and ('@', domain). A trusted bare domain
+    (smtp.mailfrom=example.org) gives only ('@', domain), which any address there matches;
+    a trusted address matches only itself."""
     a, d = _mail_from(value)
-    return "<>" if a == "" else d
+    if a == "":
+        return {"<>"}
+    out: set = {a} if a else set()
+    if d and not a:
+        out.add(("@", d))
+    return out
+
+
+def _rp_keys(value: str) -> set:
+    a, d = _mail_from(value)
+    if a == "":
+        return {"<>"}
+    return ({a} if a else set()) | ({("@", d)} if d else set())
 
 
 def _client(client_ip: str | None, helo: str | None, edge: Hop | None, spf_header: ReceivedSpf | None
@@ -530,8 +566,7 @@ def _header_from(block: HeaderBlock, paste: bool = False) -> tuple[str | None, s
     if len(found) != 1:
         return None, None, None, True
     pos, value = found[0]
-    name = block.fields[pos][0]
-    if not paste and (f"unfolded-line:{name}" in block.warnings or f"nbsp-fold:{name}" in block.warnings):
+    if not paste and pos in block.original:
         # Repaired folding: an MTA saw a broken From and a stray line, not this address.
         return None, None, None, True
     if not mailbox_syntax_ok(value):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
@@ -23,6 +23,9 @@ class HeaderBlock:
     has_body: bool
     warnings: tuple[str, ...]
     index: dict[str, list[int]]  # lower-case name -> field positions, top first
+    # position -> the value before a repair joined a lost-fold or no-break-space line onto it
+    # (what an MTA would have delivered: it ends the header at such a line)
+    original: dict[int, str] = field(default_factory=dict)
 
     def get_all(self, lname: str) -> list[tuple[int, str]]:
         """(index, value) of every field whose lower-cased name is lname, top first."""
@@ -40,6 +43,8 @@ _LOGICAL = re.compile(r"\n(?![ \t])")
 _BAD_LINE = re.compile(r"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:|\r?$)")
 _UNFOLD = re.compile(r"\n(?=[ \t])")
 _NBSP_FOLD = re.compile(r"(^|\n)\xa0+")
+# Marks where a repair joined a line onto a field (never left in a value: see _finish).
+_REPAIR = "\x1d"
 
 
 def _decode_block(block: bytes, warnings: list[str]) -> str:
@@ -79,12 +84,12 @@ def split_header_block(raw: bytes) -> HeaderBlock:
     text = _decode_block(raw[start:end], warnings)
     # NUL and the ASCII record/unit separators (used to ship fields to DuckDB) never occur
     # in real header text; hostile input gets U+FFFD instead.
-    for ch in ("\x00", "\x1e", "\x1f"):
+    for ch in ("\x00", "\x1e", "\x1f", _REPAIR):
         if ch in text:
             text = text.replace(ch, "\ufffd")
     if "\xa0" in text:
         _note_nbsp_folds(text, warnings)
-        text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " ", text)
+        text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " " + (_REPAIR if mm.group(1) else ""), text)
     if _BAD_LINE.search(text) is None and _FIELD_S.match(text):
         # Fast path (nearly every message): every line is a field or a continuation.
         unfolded = _UNFOLD.sub("", text)
@@ -98,7 +103,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         if len(pairs) > MAX_FIELDS:
             pairs = pairs[:MAX_FIELDS]
             warnings.append("too-many-fields")
-        return _finish(pairs, end, has_body, warnings, len(text) > MAX_FIELD_CHARS)
+        return _finish(pairs, end, has_body, warnings, len(text) > MAX_FIELD_CHARS, _REPAIR in text)
     chunks = _LOGICAL.split(text)
     names: list[str] = []
     values: list[str] = []
@@ -120,7 +125,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
             warnings.append("leading-continuation")
             continue
         if names and (i + 1 >= n or _FIELD_S.match(chunks[i + 1])):
-            values[-1] += " " + chunk
+            values[-1] += " " + _REPAIR + chunk
             warnings.append(f"unfolded-line:{names[-1]}")
             continue
         if names:
@@ -128,7 +133,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         has_body = True
         break
     pairs = [(name, value.replace("\r", "").replace("\n", "").strip()) for name, value in zip(names, values)]
-    return _finish(pairs, end, has_body, warnings, True)
+    return _finish(pairs, end, has_body, warnings, True, True)
 
 
 def _note_nbsp_folds(text: str, warnings: list[str]) -> None:
@@ -145,8 +150,15 @@ def _note_nbsp_folds(text: str, warnings: list[str]) -> None:
 
 
 def _finish(
-    pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str], maybe_long: bool
+    pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str], maybe_long: bool,
+    repaired: bool = False,
 ) -> HeaderBlock:
+    original: dict[int, str] = {}
+    if repaired:
+        for pos, (name, value) in enumerate(pairs):
+            if _REPAIR in value:
+                original[pos] = value[: value.index(_REPAIR)].strip()
+                pairs[pos] = (name, value.replace(_REPAIR, ""))
     if maybe_long:  # only a block longer than the cap can hold an over-long field
         for pos, (name, value) in enumerate(pairs):
             if len(value) > MAX_FIELD_CHARS:
@@ -159,7 +171,7 @@ def _finish(
             index[lname] = [pos]
         else:
             got.append(pos)
-    return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index)
+    return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index, original)
 
 
 def decode_words(value: str | None) -> str | None:

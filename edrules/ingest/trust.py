@@ -25,16 +25,23 @@ class TrustConfig:
     stands for id-less Microsoft 365 headers). relays: CIDRs of our own relays: a Received
     field written by a host we received from through such a relay is believed too.
     auto_detect: with no authserv_ids configured, detect them per dataset (docs/datasets.md);
-    it also trusts private/loopback relay addresses."""
+    it also trusts private/loopback relay addresses. receiver_ids: believed as Received-SPF
+    receivers and Received by-hosts only, never as A-R authserv-ids (per-message detection
+    puts the top-most Received-SPF's receiver here: the sender may have written it)."""
 
     authserv_ids: frozenset[str] = frozenset()
     relays: tuple[str, ...] = ()
     auto_detect: bool = True
+    receiver_ids: frozenset[str] = frozenset()
     _networks: tuple = field(default=(), init=False, compare=False, repr=False)
+    _hosts: frozenset = field(default=frozenset(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = frozenset(i.strip().lower().rstrip(".") for i in self.authserv_ids if i and i.strip())
         object.__setattr__(self, "authserv_ids", ids)
+        receivers = frozenset(i.strip().lower().rstrip(".") for i in self.receiver_ids if i and i.strip())
+        object.__setattr__(self, "receiver_ids", receivers - ids)
+        object.__setattr__(self, "_hosts", ids | receivers)
         nets = []
         for cidr in self.relays:
             try:
@@ -45,7 +52,7 @@ class TrustConfig:
         object.__setattr__(self, "_networks", tuple(nets))
 
     def with_ids(self, ids: Iterable[str]) -> "TrustConfig":
-        return replace(self, authserv_ids=frozenset(ids))
+        return replace(self, authserv_ids=frozenset(ids), receiver_ids=frozenset())
 
     def trusts_id(self, authserv_id: str | None) -> bool:
         return bool(authserv_id) and authserv_id in self.authserv_ids
@@ -55,10 +62,10 @@ class TrustConfig:
         A-R as mx.google.com but Received-SPF as google.com)."""
         if not receiver:
             return False
-        if receiver in self.authserv_ids:
+        if receiver in self._hosts:
             return True
         org = org_domain(receiver)
-        return any(org_domain(i) == org for i in self.authserv_ids if i != NO_AUTHSERV_ID and "." in i)
+        return any(org_domain(i) == org for i in self._hosts if i != NO_AUTHSERV_ID and "." in i)
 
     def writes_hop(self, by_host: str | None) -> bool:
         """A Received field's by-host belongs to a trusted authserv-id: equal, or a subdomain of
@@ -68,7 +75,7 @@ class TrustConfig:
         relays also write Received fields, on the sender's side."""
         if not by_host:
             return False
-        for i in self.authserv_ids:
+        for i in self._hosts:
             if by_host == i or (i.count(".") >= 2 and by_host.endswith("." + i)):
                 return True
         return False
