@@ -159,6 +159,7 @@ def test_a_from_folded_with_a_no_break_space_is_invalid_in_mail_ingest():
     "ceo@partner.example..", "ceo@.partner.example", "ceo@partner..example", "<<ceo@partner.example>>",
     "<ceo@partner.example", "ceo@partner.example>", "Boss <ceo@partner.example", "ceo@[198.51.100.7]",
     "<ceo@[IPv6:2001:db8::1]>", "ceo@-partner.example", "ceo@partner.example (",
+    "Team: ceo@partner.example;", "<@relay.example:ceo@partner.example>", '"ceo@partner.example',
 ])
 def test_a_from_domain_that_is_not_a_valid_domain_is_invalid_not_mapped_onto_one(value):
     f = facts(_with_from(value))

@@ -275,9 +275,11 @@ def extract(
         trust = _detected_trust(block, trust)
 
     received = block.get_all("received")
-    untrusted = [Hop(n, pos, *received_fields(v), raw=v) for n, (pos, v) in enumerate(received)]
+    parts = [received_fields(v) for _, v in received]
+    untrusted = [Hop(n, pos, *parts[n], raw=v) for n, (pos, v) in enumerate(received)]
     edge = edge_hop(untrusted, trust)
-    hops = tuple(replace(h, trusted=True) if edge is not None and h.idx <= edge else h for h in untrusted)
+    hops = tuple(Hop(n, pos, *parts[n], raw=v, trusted=True) if edge is not None and n <= edge else untrusted[n]
+                 for n, (pos, v) in enumerate(received))
     # Auth headers count only above the first Received field an outsider could have written.
     limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
 

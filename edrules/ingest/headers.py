@@ -223,11 +223,17 @@ def comment_depth(value: str) -> int:
     return deepest
 
 
+_PLAIN_FROM = re.compile(r'[^<>()";:,\\]*(?:<[^<>()";:,\\]*>)?\s*')
+
+
 def mailbox_syntax_ok(value: str) -> bool:
     """The structure an address field must have before anything is read from it: balanced
-    quotes and comments, no deeper nesting than MAX_COMMENT_DEPTH, and at most one `<...>`
-    per mailbox with `<` before `>`. `<<a@b>>`, an unclosed `<` or `(` are not repaired
+    quotes and comments, no deeper nesting than MAX_COMMENT_DEPTH, no group or source route
+    (`:` or `;` outside quotes and comments), and at most one `<...>` per mailbox with `<`
+    before `>`. `<<a@b>>`, an unclosed `<` or `(` are not repaired
     into an address a DMARC verifier never saw."""
+    if _PLAIN_FROM.fullmatch(value):
+        return True  # the common `Name <a@b>` / `a@b` needs none of the work below
     if comment_depth(value) > MAX_COMMENT_DEPTH:
         return False
     v = _QUOTED.sub('""', value)
@@ -238,8 +244,8 @@ def mailbox_syntax_ok(value: str) -> bool:
         if stripped == v:
             break
         v = stripped
-    if "(" in v or ")" in v:
-        return False
+    if "(" in v or ")" in v or ";" in v or ":" in v:
+        return False  # a group (`name: a@b;`) or source route: a From holds mailboxes only
     for part in v.split(","):
         opens, closes = part.count("<"), part.count(">")
         if opens != closes or opens > 1 or (opens and part.index("<") > part.index(">")):
