@@ -68,7 +68,8 @@ NAMES = [ID, "gw.acme.example", "mail.partner.example", "helo.attacker.example",
          "[10.1.2.3]", "mx.evil.example", "x.acme.example"]
 IPS = ["198.51.100.7", "203.0.113.9", "10.1.2.3", "127.0.0.1", "192.168.0.1", "::1", "2001:db8::7",
        "::ffff:10.1.2.3", "fe80::1", "999.1.1.1"]
-IDS = [ID, ID.upper(), ID + ".", f"{ID} 1", f"{ID} (forged)", "mx.evil.example", "acme.example", "gw.acme.example", ""]
+IDS = [ID, ID.upper(), ID + ".", f"{ID} 1", f"{ID} (forged)", "mx.evil.example", "acme.example", "gw.acme.example",
+       "mail.partner.example", ""]
 ADDRS = ["ceo@partner.example", ENV, "x@evil.example", "", "postmaster@acme.example", '"billing"@partner.example']
 DOMS = ["partner.example", "evil.example", "acme.example", "Partner.Example."]
 WORDS = ["pass", "fail", "none", "softfail", "neutral", "temperror", "permerror", "policy", "hardfail", "bestguesspass"]

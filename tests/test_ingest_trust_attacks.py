@@ -227,3 +227,13 @@ def test_a_line_the_sender_writes_under_the_gateways_last_field_is_not_joined_on
     assert (f.spf, f.dmarc, f.header_from) == ("fail", None, "ceo@partner.example")
     pasted = facts_from_bytes(msg(GW, ar, line), trust=TRUST, paste=True).facts
     assert pasted.dmarc == "pass"  # a paste is repaired as the reader asked
+
+
+def test_a_receiver_named_by_the_senders_received_spf_does_not_link_its_forged_fields_into_our_chain():
+    # No Received-SPF of the gateway: the sender's is the top-most, so auto-detection takes
+    # its receiver, here the gateway's own client; trust must not walk into the sender's text.
+    gw = f"Received: from mail.partner.example (mail.partner.example [198.51.100.7]) by gw.acme.example (Postfix) with ESMTP id A1; {DATE}"
+    spf = "Received-SPF: pass (mail.partner.example: ok) receiver=mail.partner.example; client-ip=10.9.9.9"
+    forged = f"Received: from helo.forged.example ([192.0.2.66]) by mail.partner.example with ESMTP id F2; {DATE}"
+    f = facts(msg(AR_TOP, gw, spf, forged), AUTO)
+    assert (f.client_ip, f.helo) == ("198.51.100.7", "mail.partner.example")

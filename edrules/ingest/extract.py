@@ -87,7 +87,8 @@ def _hands_over(upper: Hop, lower: Hop, trust: TrustConfig) -> str | None:
     hand-off such as Gmail's `by 2002:...` field) or named its client (received.client_names)
     as a host under a trusted id (TrustConfig.writes_hop) or of upper's own organisation;
     else None. A client named merely as lower's by-host proves nothing: that is how every
-    chain reads, the sender's own relays included.
+    chain reads, the sender's own relays included. Receiver-only ids (per-message detection
+    takes them from a Received-SPF the sender may have written) never link.
     An unverified name (a HELO: the field has no reverse-DNS slot) also links when its first
     label is that of lower's by-host: Microsoft 365 names one machine
     x.namprd05.prod.outlook.com in one field and x.outlook.office365.com in the next. An
@@ -103,7 +104,7 @@ def _hands_over(upper: Hop, lower: Hop, trust: TrustConfig) -> str | None:
     for name in names:
         if trust.trusts_id(name):
             return "gateway"
-        if trust.writes_hop(name):
+        if trust.writes_hop(name, receivers=False):
             return "ours"
         if is_ip_literal(name):
             continue

@@ -67,15 +67,16 @@ class TrustConfig:
         org = org_domain(receiver)
         return any(org_domain(i) == org for i in self._hosts if i != NO_AUTHSERV_ID and "." in i)
 
-    def writes_hop(self, by_host: str | None) -> bool:
+    def writes_hop(self, by_host: str | None, receivers: bool = True) -> bool:
         """A Received field's by-host belongs to a trusted authserv-id: equal, or a subdomain of
         an id of three or more labels (Microsoft stamps receiver=protection.outlook.com, its edge
         is *.mail.protection.outlook.com). A two-label id such as google.com (Google's
         Received-SPF receiver) does not cover every host of that company: Google's outbound
-        relays also write Received fields, on the sender's side."""
+        relays also write Received fields, on the sender's side. receivers=False leaves out
+        receiver_ids (the sender may have named them)."""
         if not by_host:
             return False
-        for i in self._hosts:
+        for i in self._hosts if receivers else self.authserv_ids:
             if by_host == i or (i.count(".") >= 2 and by_host.endswith("." + i)):
                 return True
         return False
