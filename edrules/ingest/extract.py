@@ -23,8 +23,8 @@ from edrules.ingest.authheaders import (
 )
 from edrules.ingest.headers import HeaderBlock, decode_words, mailbox_syntax_ok, mailboxes, split_header_block
 from edrules.ingest.readers import mbox_sender
-from edrules.ingest.received import Hop, client_names, is_ip_literal, normalize_ip, parse_date, received_fields
-from edrules.ingest.trust import TrustConfig
+from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, received_fields
+from edrules.ingest.trust import TrustConfig, edge_hop
 
 CATEGORY_ALIASES = {"clean": "ham", "ham": "ham", "spam": "spam", "phishing": "phishing", "malware": "malware"}
 _FROM_FIELD = re.compile(rb"From[ \t]*:")
@@ -65,95 +65,6 @@ def _top_id(value: str) -> str:
     if "=" in head.split("(", 1)[0]:
         return NO_AUTHSERV_ID
     return head.split()[0].lower() if head.split() else ""
-
-
-def _chain(from_ips: Sequence[str | None], start: int, trust: TrustConfig) -> int:
-    """Follow our own relays down from hop `start`: a hop is believed when the host that
-    handed the message to the previous believed hop is a trusted relay."""
-    i = start
-    while i + 1 < len(from_ips) and trust.trusts_relay_ip(from_ips[i]):
-        i += 1
-    return i
-
-
-def _no_client(hop: Hop) -> bool:
-    return hop.from_host is None and hop.from_ip is None and hop.from_rdns is None
-
-
-def _hands_over(upper: Hop, lower: Hop, trust: TrustConfig) -> str | None:
-    """Did our side write `lower`, given that believed hop `upper` is ours? "gateway" when
-    upper names its client by a trusted authserv-id (lower is then that gateway's field,
-    whatever by-name it gives itself); "ours" when upper's relay recorded no client (a local
-    hand-off such as Gmail's `by 2002:...` field) or named its client (received.client_names)
-    as a host under a trusted id (TrustConfig.writes_hop) or of upper's own organisation;
-    else None. A client named merely as lower's by-host proves nothing: that is how every
-    chain reads, the sender's own relays included. Receiver-only ids (per-message detection
-    takes them from a Received-SPF the sender may have written) never link.
-    An unverified name (a HELO: the field has no reverse-DNS slot) also links when its first
-    label is that of lower's by-host: Microsoft 365 names one machine
-    x.namprd05.prod.outlook.com in one field and x.outlook.office365.com in the next. An
-    unverified name is the client's claim, so such a link is only as good as the relay that
-    recorded it (docs/datasets.md, trust)."""
-    by = lower.by_host
-    if by is None:
-        return None
-    if _no_client(upper):
-        return "ours"
-    own_org = org_domain(upper.by_host) if upper.by_host else None
-    names, verified = client_names(upper)
-    for name in names:
-        if trust.trusts_id(name):
-            return "gateway"
-        if trust.writes_hop(name, receivers=False):
-            return "ours"
-        if is_ip_literal(name):
-            continue
-        if own_org is not None and org_domain(name) == own_org:
-            return "ours"
-        if not verified and "." in name and name.split(".", 1)[0] == by.split(".", 1)[0]:
-            return "ours"
-    return None
-
-
-def edge_hop(hops: Sequence[Hop], trust: TrustConfig) -> int | None:
-    """Index of the Received field written by the first trusted relay (the one that talked
-    to the outside client), or None without Received fields.
-
-    Trust only grows downwards from hop 0 (written by the system that stored the message)
-    and only through hops already believed: the next field is believed when the believed
-    one's client is a trusted relay IP, or, on the way to the gateway's own field, when the
-    believed one names its client as a host of our side (`_hands_over`). The first
-    believed field whose by-host is a trusted authserv-id, or whose writer the field above
-    names by such a host, is the gateway's; from there only trusted relay IPs extend the
-    chain. A field below a hop whose client is an outsider is
-    that outsider's text and never becomes the edge, whatever by-host it names."""
-    if not hops:
-        return None
-    from_ips = [h.from_ip for h in hops]
-    i = 0
-    gateway = False  # hops[i] is known to be the gateway's from the field above it
-    while True:
-        hop = hops[i]
-        if gateway or trust.writes_hop(hop.by_host):
-            if _no_client(hop) and i + 1 < len(hops) and hops[i + 1].by_host == hop.by_host:
-                # The gateway re-injected the message (after a content filter): its SMTP
-                # field is the next one down.
-                i += 1
-                gateway = True
-                continue
-            return _chain(from_ips, i, trust)
-        if i + 1 >= len(hops):
-            break
-        if trust.trusts_relay_ip(from_ips[i]):
-            i += 1
-            continue
-        link = _hands_over(hop, hops[i + 1], trust)
-        if link is None:
-            break
-        gateway = link == "gateway"
-        i += 1
-    # No believed field was written by a trusted id: the relays alone decide.
-    return _chain(from_ips, 0, trust)
 
 
 def _dkim_domain(r: MethodResult) -> str | None:
