@@ -237,3 +237,9 @@ def test_a_receiver_named_by_the_senders_received_spf_does_not_link_its_forged_f
     forged = f"Received: from helo.forged.example ([192.0.2.66]) by mail.partner.example with ESMTP id F2; {DATE}"
     f = facts(msg(AR_TOP, gw, spf, forged), AUTO)
     assert (f.client_ip, f.helo) == ("198.51.100.7", "mail.partner.example")
+
+
+def test_a_helo_naming_the_trusted_id_does_not_link_when_the_relay_recorded_no_reverse_name():
+    gw = f"Received: from {ID} ([203.0.113.9]) by gw.acme.example (8.17.1/8.17.1) with ESMTP id A1; {DATE}"
+    f = facts(msg(AR_TOP, gw, FORGED_EDGE))
+    assert (f.client_ip, f.helo) == ("203.0.113.9", ID)
