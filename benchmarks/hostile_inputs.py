@@ -279,19 +279,22 @@ def run(count: int, seed: int, out=sys.stdout) -> dict:
         summary = ingest_paths(str(Path(tmp) / "h.duckdb"), [folder], jobs=1, progress=False)
         unaccounted = files - (summary.messages + summary.errors)
     slowest = sorted(times, key=lambda t: t[0], reverse=True)[:3]
-    peak = max((_peak_bytes(raw, default), name, sec) for sec, name, raw in slowest)
+    peaks = [(_peak_bytes(raw, default), name) for _, name, raw in slowest]
+    peak = max(peaks)
     sec_s, name_s, _ = slowest[0]
     result = {
         "inputs": files, "crashes": len(crashes), "unaccounted": unaccounted, "trust_violations": len(violated),
-        "slowest": name_s, "slowest_ms": sec_s * 1000, "peak_mib": peak[0] / 2**20, "peak_file": peak[1],
+        "slowest": name_s, "slowest_ms": sec_s * 1000, "slowest_mib": peaks[0][0] / 2**20,
+        "peak_mib": peak[0] / 2**20, "peak_file": peak[1],
         "rate": count / generated_s, "baseline_rate": count / baseline_s,
     }
     print(f"hostile inputs: {count} generated (seed {seed}) + {len(extremes)} extreme files", file=out)
     print("", file=out)
-    print("| inputs tried | crashes | unaccounted | trust violations | slowest file | its time | peak memory (slowest 3) |", file=out)
-    print("|---:|---:|---:|---:|---|---:|---:|", file=out)
+    print("| inputs tried | crashes | unaccounted | trust violations | slowest file | its CPU time | its peak memory"
+          " | largest peak of the 3 slowest |", file=out)
+    print("|---:|---:|---:|---:|---|---:|---:|---:|", file=out)
     print(f"| {files} | {len(crashes)} | {unaccounted} | {len(violated)} | {name_s} | {sec_s * 1000:.1f} ms"
-          f" | {peak[0] / 2**20:.1f} MiB ({peak[1]}) |", file=out)
+          f" | {peaks[0][0] / 2**20:.1f} MiB | {peak[0] / 2**20:.1f} MiB ({peak[1]}) |", file=out)
     print("", file=out)
     print(f"generated messages: {result['rate']:,.0f} msg/s through facts_from_bytes against {result['baseline_rate']:,.0f} msg/s for the stdlib header parse"
           f" alone ({result['baseline_rate'] / result['rate']:.1f}x).", file=out)
