@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
@@ -31,8 +32,15 @@ def normalize_domain(domain: str | None) -> str | None:
     return d
 
 
+# RFC 5322 dot-atom: a quoted local part made only of these needs no quotes.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
 def normalize_address(address: str | None) -> str | None:
-    """`Local@Domain.` -> `local@domain`; the empty (null) sender stays ''."""
+    """`Local@Domain.` -> `local@domain`; the empty (null) sender stays ''. A quoted local
+    part that needs no quotes (`"ceo"@x`) loses them: it is the same mailbox as `ceo@x`, and
+    allow/block entries and scopes are written without quotes."""
     if address is None:
         return None
     a = address.strip().strip("<>").strip()
@@ -41,7 +49,29 @@ def normalize_address(address: str | None) -> str | None:
     local, sep, domain = a.rpartition("@")
     if not sep:
         return a.lower()
+    if len(local) > 2 and local[0] == '"' and local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]
     return f"{local.lower()}@{normalize_domain(domain) or ''}"
+
+
+def domain_syntax_ok(domain: str) -> bool:
+    """A domain as written in an address is a host name: no address literal (`[1.2.3.4]`),
+    no empty label (`a..b`, `.a`, `a..`; one trailing dot is the root and allowed), ASCII
+    labels of letters, digits, `-` and `_` not starting or ending with `-`, at most 63
+    characters each. Non-ASCII labels are left to the IDNA checks."""
+    d = domain.strip()
+    if d.endswith("."):
+        d = d[:-1]
+    if not d or len(d) > 253:
+        return False
+    for label in d.lower().split("."):
+        if not label:
+            return False
+        if label.isascii() and not _LABEL.fullmatch(label):
+            return False
+        if not label.isascii() and (len(label) > 63 or any(c in label for c in "[]<>()@,;:\\\" \t")):
+            return False
+    return True
 
 
 def address_domain(address: str | None) -> str | None:

@@ -54,6 +54,65 @@ def forged_no_dmarc(raw: bytes) -> bytes:
     return _drop_lines(_drop_lines(raw, b"header.d=someotpsite.cz"), b"dmarc=pass")
 
 
+# -- attacks on the trust rules (issue 8): what an outside sender can write below the edge ------
+
+_FROM = b"From: <DoNotReply@someotpsite.cz>"
+_SPF_LINE = next(line for line in (CORPUS / SEED).read_bytes().split(b"\n") if line.startswith(b"Received-SPF:")) \
+    if (CORPUS / SEED).exists() else b""
+
+
+def _below_edge(raw: bytes, *lines: bytes) -> bytes:
+    """Fields written by the sender: they sit under the edge hop, just above its From."""
+    return raw.replace(_FROM, b"\n".join(lines) + b"\n" + _FROM, 1)
+
+
+def forged_edge_below_renamed_gateway(raw: bytes) -> bytes:
+    """The gateway's own field names another host than its authserv-id, and the sender wrote
+    a Received `by` that id below it, naming the partner's address as the client."""
+    raw = raw.replace(b"by inbound10.exchangedefender.com (8.14.7", b"by mta.exchangedefender.com (8.14.7")
+    return _below_edge(raw, b"Received: from mail.partner.example ([198.51.100.7]) by "
+                            b"inbound10.exchangedefender.com with ESMTP id F1; Thu, 29 Jun 2023 05:22:00 -0400")
+
+
+def _helo_spf(raw: bytes, spf: bytes) -> bytes:
+    """The trusted SPF result is for the HELO (or names no identity) and the sender wrote a
+    Return-Path of the partner; the From is the SES forgery (no brand signature, DMARC fail)."""
+    raw = forged_via_ses(raw).replace(_SPF_LINE, b"Authentication-Results: inbound10.exchangedefender.com; " + spf)
+    return _below_edge(raw, b"Return-Path: <billing@partner.example>")
+
+
+def helo_spf_and_senders_return_path(raw: bytes) -> bytes:
+    return _helo_spf(raw, b"spf=pass smtp.helo=mail.evil.example")
+
+
+def bare_spf_and_senders_return_path(raw: bytes) -> bytes:
+    return _helo_spf(raw, b"spf=pass")
+
+
+def helo_spf_only(raw: bytes) -> bytes:
+    return forged_via_ses(raw).replace(
+        _SPF_LINE, b"Authentication-Results: inbound10.exchangedefender.com; spf=pass smtp.helo=mail.evil.example")
+
+
+def forged_dmarc_below_edge(raw: bytes) -> bytes:
+    """The gateway stamped no DMARC result; the sender wrote one of the gateway's id below it."""
+    raw = _drop_lines(_drop_lines(raw, b"header.d=someotpsite.cz"), b"dmarc=pass")
+    return _below_edge(raw, b"Authentication-Results: inbound10.exchangedefender.com; dmarc=pass header.from=someotpsite.cz")
+
+
+def dmarc_for_another_from(raw: bytes) -> bytes:
+    """The DMARC pass is about another header From domain than the one this message shows."""
+    raw = _drop_lines(raw, b"header.d=someotpsite.cz")
+    return raw.replace(b"header.from=someotpsite.cz", b"header.from=amazonses.com")
+
+
+def _from(value: bytes) -> Callable[[bytes], bytes]:
+    def edit(raw: bytes) -> bytes:
+        return forged_no_dmarc(raw).replace(_FROM, b"From: " + value)
+    edit.__doc__ = f"the forged From written as {value!r}"
+    return edit
+
+
 @dataclass(frozen=True)
 class Row:
     says: str
@@ -157,6 +216,52 @@ ROWS = [
     Row("an expired pair is ignored",
         SEED, "allow:\n  - {sender: DoNotReply@someotpsite.cz, via: ses, expires: 2026-05-31}\n",
         ("quarantine", "forgery", "from_policy:strict")),
+    # -- attacks on the trust rules (issue 8) ------------------------------------------------
+    Row("a forged Received naming the trusted id below the gateway's field does not pick the client an ip entry allows",
+        SEED, "allow:\n  - {ip: 198.51.100.7}\n", ("quarantine", "forgery", "from_policy:strict"),
+        edit=forged_edge_below_renamed_gateway),
+    Row("a forged Received naming the trusted id does not get a client past enforced inbound relays",
+        SEED, "inbound: {relays: [198.51.100.0/24], enforce: true}\n" + PAIR, ("reject", "inbound", "inbound:relays"),
+        edit=forged_edge_below_renamed_gateway),
+    Row("a forged Received naming the trusted id does not satisfy a via-CIDR pair",
+        SEED, "allow:\n  - {sender: DoNotReply@someotpsite.cz, via: 198.51.100.0/24}\n",
+        ("quarantine", "forgery", "from_policy:strict"), edit=forged_edge_below_renamed_gateway),
+    Row("aligned does not believe the sender's Return-Path when the trusted SPF pass is for the HELO",
+        SEED, "from_policy: aligned\nallow:\n  - sender: billing@partner.example\n",
+        ("quarantine", "forgery", "from_policy:aligned"), edit=helo_spf_and_senders_return_path),
+    Row("nor for a domain entry when the trusted SPF pass names no identity at all",
+        SEED, "from_policy: aligned\nallow:\n  - domain: partner.example\n",
+        ("quarantine", "forgery", "from_policy:aligned"), edit=bare_spf_and_senders_return_path),
+    Row("an SPF pass for the HELO does not count for an envelope sender of another domain",
+        SEED, "from_policy: aligned\nallow:\n  - sender: billing@partner.example\n",
+        ("quarantine", "forgery", "from_policy:aligned"), edit=helo_spf_only,
+        ingest={"mbox_from": "billing@partner.example"}),
+    Row("a forged DMARC pass of the gateway's id below the edge hop fills in no result",
+        SEED, "from_policy: aligned\n" + ALLOW_SEED, ("quarantine", "forgery", "from_policy:aligned"),
+        edit=forged_dmarc_below_edge),
+    Row("a DMARC pass whose header.from is another domain does not authenticate this From",
+        SEED, "from_policy: aligned\n" + ALLOW_SEED, ("quarantine", "forgery", "from_policy:aligned"),
+        edit=dmarc_for_another_from),
+    Row("a From that needed folding repair is invalid, so relaxed does not deliver it by the allow entry",
+        SEED, "from_policy: relaxed\n" + ALLOW_SEED, ("quarantine", "forgery", "from_policy:relaxed"),
+        edit=_from(b"(\n) <DoNotReply@someotpsite.cz>")),
+    Row("a From domain with a trailing empty label is invalid, not someotpsite.cz",
+        SEED, "from_policy: relaxed\nallow:\n  - domain: someotpsite.cz\n", ("quarantine", "forgery", "from_policy:relaxed"),
+        edit=_from(b"<DoNotReply@someotpsite.cz..>")),
+    Row("a From domain with a leading dot is invalid, not a subdomain of someotpsite.cz",
+        SEED, "from_policy: relaxed\nallow:\n  - {domain: someotpsite.cz, subdomains: true}\n",
+        ("quarantine", "forgery", "from_policy:relaxed"), edit=_from(b"DoNotReply@.someotpsite.cz")),
+    Row("a From in doubled angle brackets is invalid",
+        SEED, "from_policy: relaxed\n" + ALLOW_SEED, ("quarantine", "forgery", "from_policy:relaxed"),
+        edit=_from(b"<<DoNotReply@someotpsite.cz>>")),
+    Row("a From with an unclosed angle bracket is invalid",
+        SEED, "from_policy: relaxed\n" + ALLOW_SEED, ("quarantine", "forgery", "from_policy:relaxed"),
+        edit=_from(b"Support <DoNotReply@someotpsite.cz")),
+    Row("a From at an address literal cannot escape the strict forgery check",
+        SEED, "name: t\n", ("quarantine", "forgery", "from_policy:strict"), edit=_from(b"<ceo@[54.240.77.69]>")),
+    Row("a quoted local part that needs no quotes is the same sender to a block entry",
+        SEED, "from_policy: relaxed\nblock:\n  - sender: DoNotReply@someotpsite.cz\n", ("quarantine", "block", "block[0]"),
+        edit=_from(b'<"DoNotReply"@someotpsite.cz>')),
 ]
 
 

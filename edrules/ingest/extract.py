@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Sequence
 
 from edrules.catalog import load_catalog
-from edrules.domains import address_domain, normalize_address, normalize_domain, org_domain
+from edrules.domains import address_domain, domain_syntax_ok, normalize_address, normalize_domain, org_domain
 from edrules.errors import EdrulesError, Location
 from edrules.facts import DkimSignatureResult, MessageFacts
 from edrules.ingest.authheaders import (
@@ -21,10 +21,10 @@ from edrules.ingest.authheaders import (
     parse_authentication_results,
     parse_received_spf,
 )
-from edrules.ingest.headers import HeaderBlock, decode_words, mailboxes, split_header_block
+from edrules.ingest.headers import HeaderBlock, decode_words, mailbox_syntax_ok, mailboxes, split_header_block
 from edrules.ingest.readers import mbox_sender
 from edrules.ingest.received import Hop, is_ip_literal, normalize_ip, parse_date, received_fields
-from edrules.ingest.trust import TrustConfig
+from edrules.ingest.trust import TrustConfig, edge_hop
 
 CATEGORY_ALIASES = {"clean": "ham", "ham": "ham", "spam": "spam", "phishing": "phishing", "malware": "malware"}
 _FROM_FIELD = re.compile(rb"From[ \t]*:")
@@ -67,35 +67,6 @@ def _top_id(value: str) -> str:
     return head.split()[0].lower() if head.split() else ""
 
 
-def _chain(from_ips: Sequence[str | None], start: int, trust: TrustConfig) -> int:
-    """Follow our own relays down from hop `start`: a hop is believed when the host that
-    handed the message to the previous believed hop is a trusted relay."""
-    i = start
-    while i + 1 < len(from_ips) and trust.trusts_relay_ip(from_ips[i]):
-        i += 1
-    return i
-
-
-def _edge(from_ips: Sequence[str | None], by_hosts: Sequence[str | None], trust: TrustConfig) -> int | None:
-    if not from_ips:
-        return None
-    edge = _chain(from_ips, 0, trust)
-    for i, by in enumerate(by_hosts):
-        if trust.writes_hop(by):
-            if i > edge:
-                edge = _chain(from_ips, i, trust)
-            break
-    return edge
-
-
-def edge_hop(hops: Sequence[Hop], trust: TrustConfig) -> int | None:
-    """Index of the Received field written by the first trusted relay (the one that talked
-    to the outside client), or None without Received fields. Hop 0 was written by the
-    system that stored the message; the top-most field whose by-host is a trusted
-    authserv-id was written by that gateway (anything forged sits below it)."""
-    return _edge([h.from_ip for h in hops], [h.by_host for h in hops], trust)
-
-
 def _dkim_domain(r: MethodResult) -> str | None:
     d = r.props.get("header.d")
     if not d:
@@ -129,9 +100,13 @@ def facts_from_bytes(
     helo: str | None = None,
     label: str | None = None,
     mbox_from: str | None = None,
+    paste: bool = False,
 ) -> ExtractedMessage:
     """Facts of one message. Explicit envelope_from / recipients / client_ip / helo are what
     the MTA knows and always win over headers; mbox_from is the sender of an mbox `From ` line.
+    paste=True reads a header block pasted from a ticket: a From field whose folding was lost
+    in the paste is repaired (in mail, such a From is one no MTA or DMARC verifier saw, so it
+    is from_invalid).
     With trust.auto_detect and no authserv_ids, the ids heading this message's auth headers
     are trusted (ingest_paths instead detects them once per dataset)."""
     trust = trust or TrustConfig()
@@ -147,23 +122,32 @@ def facts_from_bytes(
         helo=helo,
         label=label,
         mbox_from=mbox_from,
+        paste=paste,
     )
 
 
 def top_auth_ids(block: HeaderBlock) -> set[str]:
     """Authserv-id of the top-most A-R and receiver of the top-most Received-SPF."""
-    out: set[str] = set()
+    ar, receiver = _top_ids(block)
+    return {i for i in (ar, receiver) if i}
+
+
+def _top_ids(block: HeaderBlock) -> tuple[str | None, str | None]:
     ar = block.first("authentication-results")
-    if ar is not None:
-        i = _top_id(ar)
-        if i:
-            out.add(i)
+    ar_id = (_top_id(ar) or None) if ar is not None else None
     spf = block.first("received-spf")
-    if spf is not None:
-        parsed = parse_received_spf(spf)
-        if parsed and parsed.receiver:
-            out.add(parsed.receiver)
-    return out
+    parsed = parse_received_spf(spf) if spf is not None else None
+    return ar_id, parsed.receiver if parsed else None
+
+
+def _detected_trust(block: HeaderBlock, trust: TrustConfig) -> TrustConfig:
+    """Per-message detection: the top-most A-R's id, and the top-most Received-SPF's receiver
+    as a receiver only. A gateway that stamps A-R but no Received-SPF leaves the top-most
+    Received-SPF to the sender, whose receiver must not make its own A-R believed."""
+    ar_id, receiver = _top_ids(block)
+    ids = {ar_id} if ar_id else set()
+    receivers = {receiver} if receiver and receiver != ar_id else set()
+    return replace(trust, authserv_ids=frozenset(ids), receiver_ids=frozenset(receivers))
 
 
 def extract(
@@ -184,6 +168,7 @@ def extract(
     received_at: datetime | None = None,
     quarantine_state: str | None = None,
     msg_key: str | None = None,
+    paste: bool = False,
 ) -> ExtractedMessage:
     """facts_from_bytes for the pipeline: trust ids already decided (or detected here when
     detect_per_message), plus what a quarantine CSV row adds (category, score, time, state)."""
@@ -199,25 +184,32 @@ def extract(
     warnings = list(block.warnings)
     fields = block.fields
     if detect_per_message:
-        trust = trust.with_ids(top_auth_ids(block))
+        trust = _detected_trust(block, trust)
 
     received = block.get_all("received")
     parts = [received_fields(v) for _, v in received]
-    edge = _edge([p[2] for p in parts], [p[3] for p in parts], trust)
-    hops = tuple(
-        Hop(n, pos, *parts[n], raw=v, trusted=edge is not None and n <= edge)
-        for n, (pos, v) in enumerate(received)
-    )
+    untrusted = [Hop(n, pos, *parts[n], raw=v) for n, (pos, v) in enumerate(received)]
+    edge = edge_hop(untrusted, trust)
+    hops = tuple(Hop(n, pos, *parts[n], raw=v, trusted=True) if edge is not None and n <= edge else untrusted[n]
+                 for n, (pos, v) in enumerate(received))
     # Auth headers count only above the first Received field an outsider could have written.
     limit = hops[edge + 1].position if edge is not None and edge + 1 < len(hops) else len(fields)
 
-    auth = _trusted_auth(block, limit, trust, warnings)
-    # A Return-Path below the edge hop's own Received field may be the sender's.
+    # Our side's fields sit above the edge hop's own Received field (some just below it).
     edge_pos = hops[edge].position if edge is not None else len(fields)
-    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth, edge_pos)
+    repairs_from = None if paste else edge_pos  # see _as_delivered
+    auth = _trusted_auth(block, edge_pos, limit, trust, warnings, repairs_from)
+    env_from, env_domain = _envelope(block, envelope_from, mbox_from, auth, edge_pos, repairs_from)
     ip, helo_name, ptr = _client(client_ip, helo, hops[edge] if edge is not None else None, auth.spf_header)
     helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
-    header_from, from_domain, from_display, from_invalid = _header_from(block)
+    header_from, from_domain, from_display, from_invalid = _header_from(block, paste)
+    if auth.spf is not None and not _spf_for_envelope(auth.spf_domain, env_from, env_domain, helo_name):
+        warnings.append(f"spf-not-for-envelope:{auth.spf_domain or '-'}")
+        auth.spf = None
+    if auth.dmarc is not None and None not in (auth.dmarc_from, from_domain) and auth.dmarc_from != from_domain:
+        # A DMARC verdict about another From domain says nothing about this From.
+        warnings.append(f"dmarc-for-other-from:{auth.dmarc_from}")
+        auth.dmarc = auth.policy = None
     reply_boxes = mailboxes(block.first("reply-to") or "")
     reply_to = normalize_address(reply_boxes[0][1]) if reply_boxes else None
     rcpts = _recipients(block, recipients)
@@ -286,17 +278,46 @@ class _Auth:
     authserv: str | None = None
     ar_mailfrom: str | None = None
     spf_header: ReceivedSpf | None = None
+    dmarc_from: str | None = None  # header.from= of the DMARC result: the domain it is about
+    helo_only: bool = False  # the SPF result names the HELO and no MAIL FROM at all
 
 
-def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: list[str]) -> _Auth:
-    """Results of trusted Authentication-Results / Received-SPF above `limit`; per method the
-    top-most trusted header that carries it wins, SPF falls back to Received-SPF."""
+def _as_delivered(block: HeaderBlock, pos: int, value: str, edge_pos: int | None) -> str:
+    """A field below the edge hop's Received field as the gateway delivered it: a lost-fold
+    line joined onto it (HeaderBlock.original) is the sender's first line, under the
+    gateway's own last field; joined, the sender would append words (`; dmarc=pass`) to it.
+    Above the edge, a repair is the paste's (the seed's A-R folds with no-break spaces);
+    edge_pos None (paste mode) keeps every repair."""
+    return block.original.get(pos, value) if edge_pos is not None and pos > edge_pos else value
+
+
+def _trusted_auth(block: HeaderBlock, edge_pos: int, limit: int, trust: TrustConfig,
+                  warnings: list[str], repairs_from: int | None) -> _Auth:
+    """Results of the Authentication-Results / Received-SPF fields our side wrote; per method
+    the top-most such field that carries it wins, SPF falls back to Received-SPF.
+
+    A trusted field counts above the edge hop's own Received field (`edge_pos`). Between that
+    field and the next one down (`limit`) sit the gateway's results when it writes them below
+    its Received field (Gmail does) and, after them, whatever the sender wrote: there only the
+    top-most A-R of each authserv-id counts, and a Received-SPF only when it is the top-most
+    one and no trusted A-R sits above it. Anything lower is the sender's."""
     chosen: dict[str, tuple[AuthResults, list[MethodResult]]] = {}
     out = _Auth()
+    seen_ids: set[str] = set()
+    first_trusted_ar: int | None = None
     for pos, value in block.get_all("authentication-results"):
         if pos >= limit:
             break
-        if not trust.trusts_id(_top_id(value)):
+        value = _as_delivered(block, pos, value, repairs_from)
+        aid = _top_id(value)
+        top_of_id = aid not in seen_ids
+        seen_ids.add(aid)
+        if not trust.trusts_id(aid):
+            continue
+        if first_trusted_ar is None:
+            first_trusted_ar = pos
+        if pos > edge_pos and not top_of_id:
+            warnings.append(f"ignored-authentication-results:{pos}")
             continue
         ar = parse_authentication_results(value, pos)
         if ar is None:
@@ -307,10 +328,12 @@ def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: 
             by_method.setdefault(r.method, []).append(r)
         for method, rs in by_method.items():
             chosen.setdefault(method, (ar, rs))
-    for pos, value in block.get_all("received-spf"):
+    for n, (pos, value) in enumerate(block.get_all("received-spf")):
         if pos >= limit:
             break
-        parsed = parse_received_spf(value, pos)
+        if pos > edge_pos and (n > 0 or (first_trusted_ar is not None and first_trusted_ar < pos)):
+            break  # below the edge field and not the gateway's: the sender's
+        parsed = parse_received_spf(_as_delivered(block, pos, value, repairs_from), pos)
         if parsed and trust.trusts_receiver(parsed.receiver):
             out.spf_header = parsed
             break
@@ -318,15 +341,18 @@ def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: 
         ar, rs = chosen["spf"]
         out.authserv = ar.authserv_id
         out.spf = rs[0].result
-        out.ar_mailfrom = rs[0].props.get("smtp.mailfrom")
+        # smtp.mfrom: the RFC 5451 name, still written by some verifiers
+        out.ar_mailfrom = rs[0].props.get("smtp.mailfrom", rs[0].props.get("smtp.mfrom"))
         _, out.spf_domain = _mail_from(out.ar_mailfrom)
         if not out.spf_domain and rs[0].props.get("smtp.helo"):
             out.spf_domain = normalize_domain(rs[0].props["smtp.helo"])
+            out.helo_only = out.ar_mailfrom is None
     elif out.spf_header is not None:
         out.spf = out.spf_header.result
         _, out.spf_domain = _mail_from(out.spf_header.envelope_from)
         if not out.spf_domain and out.spf_header.helo:
             out.spf_domain = normalize_domain(out.spf_header.helo)
+            out.helo_only = out.spf_header.envelope_from is None
     if "dkim" in chosen:
         ar, rs = chosen["dkim"]
         out.authserv = out.authserv or ar.authserv_id
@@ -339,25 +365,34 @@ def _trusted_auth(block: HeaderBlock, limit: int, trust: TrustConfig, warnings: 
         out.authserv = out.authserv or ar.authserv_id
         out.dmarc = rs[0].result
         out.policy = dmarc_policy(rs[0])
+        hf = rs[0].props.get("header.from")
+        out.dmarc_from = normalize_domain(hf.rpartition("@")[2]) if hf else None
     if out.authserv is None and out.spf_header is not None:
         out.authserv = out.spf_header.receiver
     return out
 
 
 def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, auth: _Auth,
-              edge_pos: int) -> tuple[str | None, str | None]:
+              edge_pos: int, repairs_from: int | None) -> tuple[str | None, str | None]:
     """Envelope sender: explicit > Return-Path > mbox From_ line > Received-SPF > smtp.mailfrom.
-    A Return-Path below the edge hop (`edge_pos`; possibly the sender's own) is skipped when it names another
-    envelope domain than the trusted Received-SPF / smtp.mailfrom our side authenticated."""
+    A Return-Path below the edge hop's own Received field (`edge_pos`) may be the sender's: it
+    is believed only when the trusted Received-SPF `envelope-from=` or A-R `smtp.mailfrom`
+    names the same address (the same domain when it names only a domain; or both the null
+    sender); an SPF result for the HELO, or one naming no identity, vouches for no
+    Return-Path but the null sender's."""
     if explicit is not None:
         candidates = [explicit]
     else:
         trusted = [auth.spf_header.envelope_from if auth.spf_header else None, auth.ar_mailfrom]
         rps = block.get_all("return-path")
-        rp = rps[0][1] if rps else None
+        rp = _as_delivered(block, rps[0][0], rps[0][1], repairs_from) if rps else None
         if rp is not None and rps[0][0] > edge_pos:
-            known = {_env_key(t) for t in trusted if t is not None} - {None}
-            if known and _env_key(rp) not in known:
+            known = set().union(*(_env_key(t) for t in trusted if t is not None))
+            if auth.helo_only:
+                # Microsoft 365 checks the HELO for a null sender and writes `Return-Path: <>`
+                # far down. Believing it makes the HELO the identity, which SPF checked.
+                known.add("<>")
+            if not _rp_keys(rp) & known:
                 rp = None
         candidates = [rp, mbox_from, *trusted]
     for cand in candidates:
@@ -371,10 +406,36 @@ def _envelope(block: HeaderBlock, explicit: str | None, mbox_from: str | None, a
     return None, None
 
 
-def _env_key(value: str) -> str | None:
-    """Envelope domain of a MAIL FROM value ('<>' for the null sender), None when unreadable."""
+def _spf_for_envelope(spf_domain: str | None, env_from: str | None, env_domain: str | None,
+                      helo: str | None) -> bool:
+    """An SPF result describes the envelope sender only when it was checked for that
+    identity: the MAIL FROM domain, or the HELO name for the null sender (RFC 7208 2.4)."""
+    if spf_domain is None:
+        return False
+    if env_from == "":
+        return spf_domain == helo
+    return env_domain is not None and spf_domain == env_domain
+
+
+def _env_key(value: str) -> set:
+    """What a MAIL FROM value names, to compare a Return-Path with the trusted one: '<>' for
+    the null sender; else the address and ('@', domain). A trusted bare domain
+    (smtp.mailfrom=example.org) gives only ('@', domain), which any address there matches;
+    a trusted address matches only itself."""
     a, d = _mail_from(value)
-    return "<>" if a == "" else d
+    if a == "":
+        return {"<>"}
+    out: set = {a} if a else set()
+    if d and not a:
+        out.add(("@", d))
+    return out
+
+
+def _rp_keys(value: str) -> set:
+    a, d = _mail_from(value)
+    if a == "":
+        return {"<>"}
+    return ({a} if a else set()) | ({("@", d)} if d else set())
 
 
 def _client(client_ip: str | None, helo: str | None, edge: Hop | None, spf_header: ReceivedSpf | None
@@ -411,18 +472,29 @@ def _idna_disguised(addr: str, domain: str) -> bool:
         return True
 
 
-def _header_from(block: HeaderBlock) -> tuple[str | None, str | None, str | None, bool]:
-    """(address, domain, display, invalid) of the single mailbox of the single From field."""
-    values = [v for _, v in block.get_all("from")]
-    if len(values) != 1:
+def _header_from(block: HeaderBlock, paste: bool = False) -> tuple[str | None, str | None, str | None, bool]:
+    """(address, domain, display, invalid) of the single mailbox of the single From field.
+    Anything a DMARC verifier would not read as exactly this address is invalid rather than
+    mapped onto a valid one (docs/datasets.md, from_invalid)."""
+    found = block.get_all("from")
+    if len(found) != 1:
         return None, None, None, True
-    boxes = mailboxes(values[0])
+    pos, value = found[0]
+    if not paste and pos in block.original:
+        # Repaired folding: an MTA saw a broken From and a stray line, not this address.
+        return None, None, None, True
+    if not mailbox_syntax_ok(value):
+        return None, None, None, True
+    boxes = mailboxes(value)
     if len(boxes) != 1:
         return None, None, None, True
     display, addr = boxes[0]
     if decode_words(addr) != addr:
         # RFC 2047 forbids encoded-words in an addr-spec: DMARC sees no such address, while a
         # decoding mail client shows the decoded one. Malformed, never that address.
+        return None, None, None, True
+    local, at, raw_domain = addr.strip().rpartition("@")
+    if not at or not local or not domain_syntax_ok(raw_domain):
         return None, None, None, True
     a = normalize_address(addr)
     domain = address_domain(a)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
@@ -23,6 +23,9 @@ class HeaderBlock:
     has_body: bool
     warnings: tuple[str, ...]
     index: dict[str, list[int]]  # lower-case name -> field positions, top first
+    # position -> the value before a repair joined a lost-fold or no-break-space line onto it
+    # (what an MTA would have delivered: it ends the header at such a line)
+    original: dict[int, str] = field(default_factory=dict)
 
     def get_all(self, lname: str) -> list[tuple[int, str]]:
         """(index, value) of every field whose lower-cased name is lname, top first."""
@@ -40,6 +43,8 @@ _LOGICAL = re.compile(r"\n(?![ \t])")
 _BAD_LINE = re.compile(r"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+[ \t]*:|\r?$)")
 _UNFOLD = re.compile(r"\n(?=[ \t])")
 _NBSP_FOLD = re.compile(r"(^|\n)\xa0+")
+# Marks where a repair joined a line onto a field (never left in a value: see _finish).
+_REPAIR = "\x1d"
 
 
 def _decode_block(block: bytes, warnings: list[str]) -> str:
@@ -79,11 +84,12 @@ def split_header_block(raw: bytes) -> HeaderBlock:
     text = _decode_block(raw[start:end], warnings)
     # NUL and the ASCII record/unit separators (used to ship fields to DuckDB) never occur
     # in real header text; hostile input gets U+FFFD instead.
-    for ch in ("\x00", "\x1e", "\x1f"):
+    for ch in ("\x00", "\x1e", "\x1f", _REPAIR):
         if ch in text:
             text = text.replace(ch, "\ufffd")
     if "\xa0" in text:
-        text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " ", text)
+        _note_nbsp_folds(text, warnings)
+        text = _NBSP_FOLD.sub(lambda mm: mm.group(1) + " " + (_REPAIR if mm.group(1) else ""), text)
     if _BAD_LINE.search(text) is None and _FIELD_S.match(text):
         # Fast path (nearly every message): every line is a field or a continuation.
         unfolded = _UNFOLD.sub("", text)
@@ -97,7 +103,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         if len(pairs) > MAX_FIELDS:
             pairs = pairs[:MAX_FIELDS]
             warnings.append("too-many-fields")
-        return _finish(pairs, end, has_body, warnings, len(text) > MAX_FIELD_CHARS)
+        return _finish(pairs, end, has_body, warnings, len(text) > MAX_FIELD_CHARS, _REPAIR in text)
     chunks = _LOGICAL.split(text)
     names: list[str] = []
     values: list[str] = []
@@ -119,7 +125,7 @@ def split_header_block(raw: bytes) -> HeaderBlock:
             warnings.append("leading-continuation")
             continue
         if names and (i + 1 >= n or _FIELD_S.match(chunks[i + 1])):
-            values[-1] += " " + chunk
+            values[-1] += " " + _REPAIR + chunk
             warnings.append(f"unfolded-line:{names[-1]}")
             continue
         if names:
@@ -127,12 +133,32 @@ def split_header_block(raw: bytes) -> HeaderBlock:
         has_body = True
         break
     pairs = [(name, value.replace("\r", "").replace("\n", "").strip()) for name, value in zip(names, values)]
-    return _finish(pairs, end, has_body, warnings, True)
+    return _finish(pairs, end, has_body, warnings, True, True)
+
+
+def _note_nbsp_folds(text: str, warnings: list[str]) -> None:
+    """Warn `nbsp-fold:<field>` for each field continued by a no-break-space line: a repair
+    an MTA never made (extract.py holds a From repaired this way invalid in mail)."""
+    current = None
+    for line in text.split("\n"):
+        if line.startswith("\xa0"):
+            if current is not None and f"nbsp-fold:{current}" not in warnings:
+                warnings.append(f"nbsp-fold:{current}")
+        elif line and line[0] not in " \t":
+            fm = _FIELD_S.match(line)
+            current = fm.group(1) if fm else None
 
 
 def _finish(
-    pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str], maybe_long: bool
+    pairs: list[tuple[str, str]], end: int, has_body: bool, warnings: list[str], maybe_long: bool,
+    repaired: bool = False,
 ) -> HeaderBlock:
+    original: dict[int, str] = {}
+    if repaired:
+        for pos, (name, value) in enumerate(pairs):
+            if _REPAIR in value:
+                original[pos] = value[: value.index(_REPAIR)].strip()
+                pairs[pos] = (name, value.replace(_REPAIR, ""))
     if maybe_long:  # only a block longer than the cap can hold an over-long field
         for pos, (name, value) in enumerate(pairs):
             if len(value) > MAX_FIELD_CHARS:
@@ -145,7 +171,7 @@ def _finish(
             index[lname] = [pos]
         else:
             got.append(pos)
-    return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index)
+    return HeaderBlock(tuple(pairs), end, has_body, tuple(warnings), index, original)
 
 
 def decode_words(value: str | None) -> str | None:
@@ -176,6 +202,57 @@ _LIST_ITEM = re.compile(
 )
 
 
+# Comments nest (RFC 5322 3.2.2) and the stdlib parses them recursively: a From of 50,000
+# '(' would raise RecursionError. No real header nests deeper than a few levels.
+MAX_COMMENT_DEPTH = 32
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+def comment_depth(value: str) -> int:
+    """Deepest nesting of parentheses outside quoted strings (escapes honoured)."""
+    if "(" not in value:
+        return 0
+    depth = deepest = 0
+    for ch in _QUOTED.sub("", value):
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")" and depth:
+            depth -= 1
+    return deepest
+
+
+_PLAIN_FROM = re.compile(r'[^<>()";:,\\]*(?:<[^<>()";:,\\]*>)?\s*')
+
+
+def mailbox_syntax_ok(value: str) -> bool:
+    """The structure an address field must have before anything is read from it: balanced
+    quotes and comments, no deeper nesting than MAX_COMMENT_DEPTH, no group or source route
+    (`:` or `;` outside quotes and comments), and at most one `<...>` per mailbox with `<`
+    before `>`. `<<a@b>>`, an unclosed `<` or `(` are not repaired
+    into an address a DMARC verifier never saw."""
+    if _PLAIN_FROM.fullmatch(value):
+        return True  # the common `Name <a@b>` / `a@b` needs none of the work below
+    if comment_depth(value) > MAX_COMMENT_DEPTH:
+        return False
+    v = _QUOTED.sub('""', value)
+    if '"' in v.replace('""', ""):
+        return False
+    for _ in range(MAX_COMMENT_DEPTH + 1):
+        stripped = _COMMENT.sub(" ", v)
+        if stripped == v:
+            break
+        v = stripped
+    if "(" in v or ")" in v or ";" in v or ":" in v:
+        return False  # a group (`name: a@b;`) or source route: a From holds mailboxes only
+    for part in v.split(","):
+        opens, closes = part.count("<"), part.count(">")
+        if opens != closes or opens > 1 or (opens and part.index("<") > part.index(">")):
+            return False
+    return True
+
+
 def mailboxes(value: str) -> list[tuple[str, str]]:
     """(display, address) pairs of an address-list field; empty entries dropped.
 
@@ -201,8 +278,10 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
             value = value[pos:]  # the parsed prefix ended at a comma: only the rest goes slow
         else:
             out = []
+    if comment_depth(value) > MAX_COMMENT_DEPTH:
+        return []
     try:
         pairs = out + getaddresses([value])
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, RecursionError):
         return []
     return [(d, a) for d, a in pairs if a]

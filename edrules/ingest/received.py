@@ -170,3 +170,27 @@ def received_fields(value: str) -> tuple:
     with_m = _WITH_TOKEN.match(v, w + 5) if w >= 0 else None
     return (from_host, from_rdns, from_ip, by_host,
             with_m.group(1).upper() if with_m else None, _date(v))
+
+
+# A Postfix/sendmail `(name [ip])`, `(unknown [ip])` or `([ip])` comment, or Exim's `helo=` /
+# qmail's `(HELO x)`: the relay recorded the client's verified name (or that it had none)
+# apart from its HELO claim.
+_RDNS_SLOT = re.compile(r"\(\s*(?:[A-Za-z0-9._-]+\.?\s+)?\[(?:IPv6:)?[0-9A-Fa-f:.]+\]|\bhelo[= ]", re.I)
+# Exim prints `from NAME ([ip])` only for a verified host name equal to the HELO.
+_EXIM_VERIFIED = re.compile(r"from\s+[A-Za-z0-9._-]+\s+\(\[[0-9A-Fa-f:.]+\](?::\d+)?\)")
+
+
+def client_names(hop: Hop) -> tuple[frozenset[str], bool]:
+    """(names, verified): the names under which the relay that wrote `hop` recorded its SMTP
+    client, for matching against the `by` host of the field below (the client wrote that one).
+    Where the relay records a reverse-DNS slot, only that name counts (verified): the HELO
+    next to it is the client's own claim. Forms without the slot (Microsoft, `from host (ip)`)
+    give one name, unverified. The address is never a name here: a sender knows its own and
+    could write `by <its ip>` into a forged field."""
+    if hop.from_rdns:
+        return frozenset((hop.from_rdns,)), True
+    if hop.from_host and "Exim" in hop.raw and _EXIM_VERIFIED.match(" ".join(hop.raw.split())):
+        return frozenset((hop.from_host,)), True
+    if hop.from_host and not _RDNS_SLOT.search(hop.raw):
+        return frozenset((hop.from_host,)), False
+    return frozenset(), True

@@ -1,0 +1,79 @@
+"""Hostile header blocks under a genuine gateway top (issue 8 item 9).
+
+The generator (benchmarks/hostile_inputs.py, shared with the benchmark that reports the
+numbers in docs/benchmarks.md) writes forged Received / Authentication-Results /
+Received-SPF / Return-Path fields, duplicates, folding, comments, quoting, encoded words,
+lines without a colon and no-break-space folds below the fields our gateway wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import duckdb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.hostile_inputs import GATEWAYS, TRUSTS, hostile_message, run, violations
+from edrules.errors import EdrulesError
+from edrules.ingest import facts_from_bytes, ingest_paths
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False))
+def test_no_field_the_sender_writes_below_the_edge_changes_a_fact_our_side_vouches_for(r):
+    h = hostile_message(r)
+    assert violations(h) == [], f"[{h.gateway} / {h.trust}]\n{h.raw.decode('utf-8', 'replace')}"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False))
+def test_a_hostile_header_block_gives_facts_or_a_located_error_never_an_exception(r):
+    h = hostile_message(r)
+    try:
+        m = facts_from_bytes(h.raw, source="h.eml", trust=TRUSTS[h.trust])
+    except EdrulesError as exc:
+        assert exc.location is not None and exc.location.file == "h.eml"
+        return
+    assert m.facts.size == len(h.raw) and len(m.recipient_rows) >= 1
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=12))
+def test_every_hostile_file_is_a_message_row_or_an_error_row(tmp_path_factory, r, n):
+    folder = tmp_path_factory.mktemp("hostile-headers")
+    for i in range(n):
+        (folder / f"{i}.eml").write_bytes(hostile_message(r).raw)
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder], jobs=1)
+    assert s.messages + s.errors == n
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] + s.duplicates == s.messages
+
+
+def test_the_generator_writes_every_class_of_hostile_field_under_every_gateway_layout():
+    r = random.Random(1)
+    seen_layouts, seen = set(), set()
+    marks = {
+        "forged Received by the trusted id": b" by mx.acme.example", "forged A-R of the trusted id":
+        b"Authentication-Results: mx.acme.example;", "Received-SPF": b"Received-SPF: ", "folding": b"\r\n\t",
+        "comment": b"(nested))", "encoded word": b"=?utf-8?q?", "line without colon": b"\r\n; dmarc=pass",
+        "no-break-space fold": b"\r\n\xc2\xa0", "Return-Path": b"Return-Path: <", "quoting": b'"',
+    }
+    for _ in range(400):
+        h = hostile_message(r)
+        seen_layouts.add(h.gateway)
+        sender = h.raw[len("\r\n".join(GATEWAYS[h.gateway]).encode()):]
+        seen |= {k for k, m in marks.items() if m in sender}
+    assert seen_layouts == set(GATEWAYS)
+    assert seen == set(marks)
+
+
+def test_the_hostile_input_benchmark_reports_inputs_crashes_unaccounted_and_the_slowest_file():
+    out = io.StringIO()
+    res = run(count=40, seed=3, out=out)
+    text = out.getvalue()
+    assert "| inputs tried | crashes | unaccounted | trust violations | slowest file | its CPU time | its peak memory" in text
+    assert (res["crashes"], res["unaccounted"], res["trust_violations"]) == (0, 0, 0), text
+    assert res["inputs"] == 40 + 7 and res["slowest_ms"] > 0 and res["slowest_mib"] > 0
