@@ -1,0 +1,64 @@
+"""The support pages' test site: the demo tenant's history, a state dir, each domain's signed pack.
+
+Built once per test session (a directory under pytest's base temp) and copied per test where a
+test changes state, so each test module does not re-ingest the tenant.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edrules.pack import build_pack, generate_keypair, write_pack
+from edrules.rules.parse import parse_rules_file
+from edrules.support.site import load_site, write_site_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT.parent / "shared" / "corpus" / "seed_example" / "otp-headers-pasted.txt"
+TENANT = "northwind-traders.cz"
+OTHER = "exchangedefenderdemo.com"
+
+
+def demo_db(base: Path) -> Path:
+    """The demo tenant ingested exactly as `edrules demo` does (dataset 'demo')."""
+    from edrules.demo import STEPS, run_demo
+
+    db = base / "support-demo" / "edrules.duckdb"
+    if not (base / "support-demo" / "done").exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        steps = tuple(s for s in STEPS if s.name in ("tenant-ingest", "quarantine"))
+        run_demo(db, sample=ROOT / "data" / "sample", tenant=ROOT / "data" / "demo-tenant",
+                 rules=ROOT / "data" / "rules", echo=lambda _l: None, jobs=1, steps=steps)
+        (base / "support-demo" / "done").write_text("ok")
+    return db
+
+
+def make_site(state: Path, db: Path, *, secure_release: bool = False, next_hop: str = "127.0.0.1:25"):
+    """A state dir with support.yaml, a signing key and the tenant's current pack deployed."""
+    state.mkdir(parents=True, exist_ok=True)
+    keys = state / "keys"
+    if not (keys / "edrules-pack.key").exists():
+        generate_keypair(keys)
+    write_site_config(state, {
+        "dataset_db": str(db), "signing_key": str(keys / "edrules-pack.key"),
+        "pubkey": str(keys / "edrules-pack.pub"), "next_hop": next_hop,
+        "domains": {
+            TENANT: {"dataset": "demo", "trusted_authserv": ["mx1.northwind-traders.cz"],
+                     "secure_release": secure_release, "zone": str(ROOT / "data" / "demo-tenant" / "zone.txt"),
+                     "dkim_selectors": ["nw2025"], "gateway_relays": ["203.0.113.0/28"],
+                     "gateway_mx": ["mx1.northwind-traders.cz"]},
+            OTHER: {"trusted_authserv": ["inbound10.exchangedefender.com"]},
+        },
+    })
+    site = load_site(state)
+    rules = ROOT / "data" / "rules" / "current.yaml"
+    pack = build_pack(parse_rules_file(rules), source_bytes=rules.read_bytes(), private_key_path=keys / "edrules-pack.key")
+    site.pack_path(TENANT).parent.mkdir(parents=True, exist_ok=True)
+    write_pack(pack, site.pack_path(TENANT))
+    return site
+
+
+def copy_db(db: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(db, dest / db.name)
+    return dest / db.name
