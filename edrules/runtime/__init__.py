@@ -1,0 +1,1 @@
+"""Gateway runtime: milter, quarantine store, release, overrides, digests (no pandas/duckdb)."""
