@@ -20,10 +20,10 @@ from edrules.errors import EdrulesError, Location
 if TYPE_CHECKING:
     from edrules.support.site import Site
 
-ORDERS = {
+ORDERS = {  # label -> edrules.runtime.store order key
     "newest first": "-quarantined_at", "oldest first": "quarantined_at",
-    "sender A-Z": "header_from", "recipient A-Z": "recipient", "category": "category",
-    "subject A-Z": "subject", "largest first": "-size",
+    "message date, newest": "-date", "message date, oldest": "date",
+    "recipient A-Z": "recipient", "largest first": "-size", "smallest first": "size",
 }
 PAGE_SIZES = (10, 25, 50, 100)
 STATES = ("quarantined", "released", "deleted")
@@ -140,9 +140,9 @@ def release_one(site: "Site", store: Any, principal: Any, item_id: str, *, how: 
     if refusal:
         return Outcome(item_id, False, refusal)
     out = release(store, item_id, next_hop=site.next_hop, actor=principal.address, how=how, key=site.release_key())
-    ok = bool(getattr(out, "released", getattr(out, "ok", False)))
-    text = getattr(out, "message", None) or getattr(out, "detail", None) or ("released" if ok else "not released")
-    return Outcome(item_id, ok, f"released to {item.recipient}" if ok else str(text))
+    if out.ok:
+        return Outcome(item_id, True, f"released to {item.recipient}")
+    return Outcome(item_id, False, out.status + (f": {out.detail}" if out.detail else ""))
 
 
 def trust_one(site: "Site", store: Any, principal: Any, item_id: str, *, how: str,
@@ -155,9 +155,13 @@ def trust_one(site: "Site", store: Any, principal: Any, item_id: str, *, how: st
     refusal = trust_refusal(principal, item)
     if refusal:
         return Outcome(item_id, False, refusal)
-    entry = site.overrides().trust(item, principal.address)
-    store.audit(principal.address, "trust", how, item_id=item_id, detail=describe_override(entry))
-    return Outcome(item_id, True, f"trusted: {describe_override(entry)}")
+    try:
+        choice = site.overrides().trust(item, principal.address)
+    except EdrulesError as exc:  # nothing authenticated: a bare From is never trusted
+        return Outcome(item_id, False, str(exc))
+    text = f"allow sender {choice.sender} via {choice.via} [{choice.scope}] ({choice.why})"
+    store.audit(principal.address, "trusted", how, item_id=item_id, detail=text)
+    return Outcome(item_id, True, ("trusted: " if choice.created else "already trusted: ") + text)
 
 
 def delete_one(store: Any, principal: Any, item_id: str, *, how: str, access: Callable | None = None) -> Outcome:
@@ -182,19 +186,33 @@ def bulk(site: "Site", store: Any, principal: Any, action: str, item_ids: Iterab
     return [fn(i) for i in dict.fromkeys(item_ids)]
 
 
-def describe_override(entry: Any) -> str:
-    """One line for an overrides entry (an edrules Entry, or whatever Overrides returns)."""
-    from edrules.rules.model import Entry
+@dataclass(frozen=True, slots=True)
+class TrustPreview:
+    """What Trust sender would add, before it is added, in the words the page shows."""
 
-    if isinstance(entry, Entry):
-        from edrules.workbench.packs import describe_entry
+    sender: str
+    via: str
+    scope: str
+    why: str
+    lets_through: str
+    still_checked: str
 
-        return describe_entry(entry)
-    for attr in ("describe", "description"):
-        v = getattr(entry, attr, None)
-        if v is not None:
-            return v() if callable(v) else str(v)
-    return str(entry)
+
+def trust_preview(site: "Site", item: Any) -> TrustPreview:
+    """The entry Overrides.trust would write (the runtime's own choose_via), described."""
+    from edrules.runtime.overrides import choose_via
+
+    sender = (item.header_from or "").strip().lower()
+    if not sender or "@" not in sender:
+        raise EdrulesError(f"cannot trust the sender of {item.id}: the message has no usable From address")
+    via, why = choose_via(item, site.overrides().catalog)
+    network = f"the {via} network" if "." not in via and "/" not in via else via
+    lets = (f"Mail to {item.recipient} whose From is {sender} and that authenticates through {network} "
+            f"(SPF or DKIM pass for it, checked on every message) is delivered, even when the From-policy "
+            f"would call it a forgery or the scanner calls it spam or phishing.")
+    still = (f"Mail that only claims to be from {sender} but comes from anywhere else is checked exactly as "
+             f"before; other recipients are not affected; malware and block entries still win.")
+    return TrustPreview(sender, via, f"user:{item.recipient}", why, lets, still)
 
 
 # -- detail ---------------------------------------------------------------------------------
