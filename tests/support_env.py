@@ -62,3 +62,76 @@ def copy_db(db: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(db, dest / db.name)
     return dest / db.name
+
+
+def populate_quarantine(site, *, limit: int | None = None, store=None) -> list:
+    """Run demo-tenant mail through the runtime evaluator under the tenant's current pack, as
+    the gateway does, and store what it quarantines. Returns the stored items."""
+    from edrules.backends.runtime import RuntimeEvaluator
+    from edrules.ingest import TrustConfig, facts_from_bytes
+    from edrules.runtime.store import QuarantinedRecipient
+
+    store = store or site.store()
+    policy = site.current_policy(TENANT)
+    evaluator = RuntimeEvaluator(policy)
+    trust = TrustConfig(authserv_ids=frozenset({"mx1.northwind-traders.cz"}), auto_detect=False)
+    items, n = [], 0
+    tenant = ROOT / "data" / "demo-tenant"
+    for label in ("ham", "spam", "phishing", "malware"):
+        for path in sorted((tenant / label).glob("*.eml")):
+            raw = path.read_bytes()
+            facts = facts_from_bytes(raw, source=path.name, trust=trust, label=label).facts
+            held = [QuarantinedRecipient(v.recipient, v.category, v.reason, v.rule_id)
+                    for v in evaluator.evaluate(facts) if str(v.action) == "quarantine"]
+            if not held:
+                continue
+            items += store.add(raw, held, envelope_from=facts.envelope_from, client_ip=facts.client_ip,
+                               helo=facts.helo, queue_id=f"Q{n:05d}", pack_name=policy.name, pack_version="1",
+                               received_at=facts.received_at, facts=facts)
+            n += 1
+            if limit is not None and n >= limit:
+                return items
+    return items
+
+
+def add_for(site, raw: bytes, recipient: str, category: str = "spam", *, store=None):
+    """One message quarantined for one recipient (another domain's mailbox, a malware case)."""
+    from edrules.ingest import TrustConfig, facts_from_bytes
+    from edrules.runtime.store import QuarantinedRecipient
+
+    store = store or site.store()
+    trust = TrustConfig(authserv_ids=frozenset({"mx1.northwind-traders.cz"}), auto_detect=False)
+    facts = facts_from_bytes(raw, trust=trust, recipients=[recipient]).facts
+    return store.add(raw, [QuarantinedRecipient(recipient, category, f"test: {category}", f"category:{category}")],
+                     envelope_from=facts.envelope_from, client_ip=facts.client_ip, helo=facts.helo,
+                     queue_id=f"X-{recipient}", pack_name="test", pack_version="1", facts=facts)[0]
+
+
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        from components import free_port
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> "SmtpSink":
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
+
+    def to(self, recipient: str) -> list[bytes]:
+        return [m[2] for m in self.messages if recipient in m[1]]
