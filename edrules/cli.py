@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",
+    "serve": "edrules.server.cli:serve",
+    "users": "edrules.server.cli:users",
 }
 
 
