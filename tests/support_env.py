@@ -64,6 +64,38 @@ def copy_db(db: Path, dest: Path) -> Path:
     return dest / db.name
 
 
+def crlf(raw: bytes) -> bytes:
+    """The message as a milter receives it from Postfix: CRLF line ends (the files use LF)."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def populated_state(base: Path, db: Path) -> Path:
+    """A state dir with the tenant's quarantine populated, built once per session; copy it."""
+    state = base / "support-populated"
+    if not (state / "done").exists():
+        shutil.rmtree(state, ignore_errors=True)
+        populate_quarantine(make_site(state, db))
+        (state / "done").write_text("ok")
+    return state
+
+
+def copy_state(template: Path, dest: Path, **site_options):
+    """A private copy of a populated state dir, its support.yaml rewritten (next hop, policy)."""
+    shutil.copytree(template, dest)
+    (dest / "done").unlink()
+    import yaml
+
+    cfg = yaml.safe_load((dest / "support.yaml").read_text())
+    if "next_hop" in site_options:
+        cfg["next_hop"] = site_options.pop("next_hop")
+    if "secure_release" in site_options:
+        cfg["domains"][TENANT]["secure_release"] = site_options.pop("secure_release")
+    cfg["signing_key"] = str(dest / "keys" / "edrules-pack.key")
+    cfg["pubkey"] = str(dest / "keys" / "edrules-pack.pub")
+    write_site_config(dest, cfg)
+    return load_site(dest)
+
+
 def populate_quarantine(site, *, limit: int | None = None, store=None) -> list:
     """Run demo-tenant mail through the runtime evaluator under the tenant's current pack, as
     the gateway does, and store what it quarantines. Returns the stored items."""
@@ -79,7 +111,7 @@ def populate_quarantine(site, *, limit: int | None = None, store=None) -> list:
     tenant = ROOT / "data" / "demo-tenant"
     for label in ("ham", "spam", "phishing", "malware"):
         for path in sorted((tenant / label).glob("*.eml")):
-            raw = path.read_bytes()
+            raw = crlf(path.read_bytes())
             facts = facts_from_bytes(raw, source=path.name, trust=trust, label=label).facts
             held = [QuarantinedRecipient(v.recipient, v.category, v.reason, v.rule_id)
                     for v in evaluator.evaluate(facts) if str(v.action) == "quarantine"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support_env import TENANT, SmtpSink, add_for, demo_db, make_site, populate_quarantine
+from support_env import TENANT, SmtpSink, add_for, copy_state, demo_db, populated_state
 
 from edrules.server.principal import Principal, can_access
 from edrules.support import quarantine_view as qv
@@ -27,11 +27,14 @@ def sink():
         yield s
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, db):
+    return populated_state(tmp_path_factory.getbasetemp(), db)
+
+
 @pytest.fixture
-def site(tmp_path, db, sink):
-    site = make_site(tmp_path / "state", db, next_hop=f"127.0.0.1:{sink.port}")
-    populate_quarantine(site)
-    return site
+def site(tmp_path, template, sink):
+    return copy_state(template, tmp_path / "state", next_hop=f"127.0.0.1:{sink.port}")
 
 
 def q(**kw) -> qv.Query:
