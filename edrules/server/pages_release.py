@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jupyter_server.auth.decorator import allow_unauthenticated
+
 from edrules.errors import EdrulesError
 from edrules.server.handlers import BaseHandler
 from edrules.server.pages import e
@@ -72,9 +74,15 @@ class _TokenPage(BaseHandler):
             return None
         return claims, item, store
 
+    def secure(self, item: Any) -> bool:
+        """Secure Release is on for the recipient's domain: the domain's sign-in policy
+        (edrules.server.accounts) or the site's support.yaml says so."""
+        return bool(self.accounts.policy(item.recipient_domain).secure_release
+                    or self.site.config(item.recipient_domain).secure_release)
+
     def secure_refusal(self, item: Any) -> str | None:
         """Under Secure Release: None when the signed-in principal may act, else why not."""
-        if not self.site.config(item.recipient_domain).secure_release:
+        if not self.secure(item):
             return None
         p = self.principal
         if p is None:
@@ -117,7 +125,7 @@ class _TokenPage(BaseHandler):
         return True
 
     def how(self, item: Any) -> str:
-        return ("secure-" if self.site.config(item.recipient_domain).secure_release else "quick-") + self.purpose
+        return ("secure-" if self.secure(item) else "quick-") + self.purpose
 
     def actor(self, item: Any) -> str:
         p = self.principal
@@ -128,6 +136,7 @@ class ReleasePage(_TokenPage):
     purpose = "release"
     path = RELEASE_PATH
 
+    @allow_unauthenticated  # the token is the credential; Secure Release checks the session itself
     def get(self) -> None:
         token = self.token_arg()
         got = self.claims_and_item(token)
@@ -149,6 +158,7 @@ class ReleasePage(_TokenPage):
                   f'{self.summary(item)}<p class="muted">Releasing delivers it to your inbox once. Only release mail you '
                   f'expected: the gateway held it for a reason.</p>{self.form(token, "Release this message")}</div>')
 
+    @allow_unauthenticated
     def post(self) -> None:
         from edrules.runtime.release import release
         from edrules.runtime.tokens import TokenError, consume
@@ -188,6 +198,7 @@ class TrustPage(_TokenPage):
 
         return trust_preview(self.site, item)
 
+    @allow_unauthenticated  # the token is the credential; Secure Release checks the session itself
     def get(self) -> None:
         token = self.token_arg()
         got = self.claims_and_item(token)
@@ -212,6 +223,7 @@ class TrustPage(_TokenPage):
                   f'{e(pv.still_checked)}</p>'
                   f'{self.form(token, "Trust this sender")}</div>')
 
+    @allow_unauthenticated
     def post(self) -> None:
         from edrules.runtime.tokens import TokenError, consume
 
@@ -247,6 +259,7 @@ class SupportStart(BaseHandler):
     """Where a sign-in lands: a domain admin whose domain has no policy yet goes to the wizard
     (its first login), everyone else to the quarantine report."""
 
+    @allow_unauthenticated  # signed out: sent to the login, which comes back here
     def get(self) -> None:
         from edrules.support.quarantine_view import admin_domains
         from edrules.support.site import load_site
