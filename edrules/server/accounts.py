@@ -390,6 +390,7 @@ class Accounts:
         """Consume an e-mailed code (by the link's token, or by address + typed code): the
         account, or None when it is unknown, expired, used or wrong. Single use, atomically."""
         now = time.time()
+        wrong = False
         with self._db() as db:
             if token:
                 row = db.execute("SELECT * FROM login_codes WHERE token_hash=?", (sha(token),)).fetchone()
@@ -404,11 +405,14 @@ class Accounts:
                     db.execute("UPDATE login_codes SET tries=?, used_at=CASE WHEN ?>=? THEN ? ELSE used_at END"
                                " WHERE token_hash=?", (tries, tries, CODE_TRIES, now, row["token_hash"]))
                     row = None
-                    self.audit(address, "login.failure", address, "e-mailed code", ip)
+                    wrong = True
             if row is None or row["used_at"] is not None or row["expires_at"] <= now:
-                return None
-            n = db.execute("UPDATE login_codes SET used_at=? WHERE token_hash=? AND used_at IS NULL",
-                           (now, row["token_hash"])).rowcount
+                n = 0
+            else:
+                n = db.execute("UPDATE login_codes SET used_at=? WHERE token_hash=? AND used_at IS NULL",
+                               (now, row["token_hash"])).rowcount
+        if wrong:
+            self.audit(address or "", "login.failure", address or "", "e-mailed code", ip)
         if not n:
             return None
         acc = self.get(row["address"])

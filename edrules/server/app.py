@@ -5,7 +5,7 @@ Wiring, all through Jupyter's own hooks (no hand-rolled HTTP server):
   signed-in edrules session cookie; its login/logout handlers are ours.
 - `EdrulesAuthorizer` (ServerApp.authorizer_class): the whole Jupyter REST API (contents,
   kernels, sessions, kernelspecs, nbconvert, files, terminals, config ...) is refused to every
-  role; the one permission granted is ("execute", "kernels") on a kernel's channels, and only for
+  role; the one permission granted is reading and opening the channels of a kernel, and only of
   a kernel that this same session started by opening a dashboard.
 - Voila's prelaunch hook (`prelaunch_hook`): refuses a page to a role the notebook does not list
   in `metadata.edrules.roles`, records the opening session as the kernel's owner, and prepends a
@@ -71,7 +71,8 @@ class EdrulesAuthorizer(Authorizer):
     """Nothing of Jupyter's REST API, except a dashboard's own kernel channels."""
 
     def is_authorized(self, handler: web.RequestHandler, user: User, action: str, resource: str) -> bool:
-        if (action, resource) != ("execute", "kernels"):
+        # Voila's page reads its kernel's model and opens its channels; nothing else is granted.
+        if resource != "kernels" or action not in ("execute", "read"):
             return False
         kernel_id = (getattr(handler, "path_kwargs", None) or {}).get("kernel_id") or getattr(handler, "kernel_id", None)
         sid = handler.get_cookie(SESSION_COOKIE)
@@ -138,6 +139,8 @@ def server_config(ctx: ServerContext, *, host: str, port: int) -> Config:
     c.ServerApp.kernel_manager_class = EdrulesKernelManager
     c.ServerApp.terminals_enabled = False
     c.ServerApp.allow_remote_access = False
+    c.IdentityProvider.token = ""  # no Jupyter token URLs: only an edrules session signs in
+    c.ServerApp.runtime_dir = str(ctx.state_dir / "jupyter-runtime")
     c.ServerApp.allow_root = True  # CI runs as root; nobody runs code in a kernel here anyway
     c.ServerApp.allow_unauthenticated_access = False
     c.ServerApp.cookie_secret_file = str(ctx.state_dir / "server-cookie-secret")
