@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,80 @@ def test_the_runtime_package_imports_neither_pandas_nor_duckdb():
             "print(sorted(m for m in ('pandas', 'duckdb', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _edrules(*args):
+    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_the_quarantine_cli_lists_shows_deletes_and_purges_per_category(tmp_path):
+    store = SqliteQuarantineStore(tmp_path)
+    now = datetime.now(timezone.utc)
+    spam = _add(store, raw=RAW + b"1", rcpts=(("bob@corp.test", "spam"),), at=now - timedelta(days=10))[0]
+    phish = _add(store, raw=RAW + b"2", rcpts=(("carol@corp.test", "phishing"),), at=now - timedelta(days=10))[0]
+    listed = _edrules("quarantine", "list", "--state", str(tmp_path), "--domain", "corp.test")
+    assert listed.returncode == 0, listed.stderr
+    assert spam.id in listed.stdout and phish.id in listed.stdout and "2 of 2 items" in listed.stdout
+    js = _edrules("quarantine", "list", "--state", str(tmp_path), "--recipient", "bob@corp.test", "--json")
+    assert [json.loads(line)["id"] for line in js.stdout.splitlines()] == [spam.id]
+    shown = _edrules("quarantine", "show", "--state", str(tmp_path), spam.id)
+    assert "reason:         spam reason" in shown.stdout and "gateway quarantine (milter)" in shown.stdout
+    raw = subprocess.run([sys.executable, "-m", "edrules.cli", "quarantine", "show", "--state", str(tmp_path),
+                          "--raw", spam.id], capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    assert raw.stdout == RAW + b"1"
+    purged = _edrules("quarantine", "purge", "--state", str(tmp_path), "--retention", "spam=7",
+                      "--retention", "phishing=30")
+    assert purged.returncode == 0 and "purged 1 item " in purged.stdout
+    assert store.get(spam.id) is None and store.get(phish.id) is not None
+    deleted = _edrules("quarantine", "delete", "--state", str(tmp_path), "--actor", "ops", phish.id)
+    assert f"{phish.id}: deleted" in deleted.stdout and store.get(phish.id).state == "deleted"
+
+
+def test_the_quarantine_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
+    SqliteQuarantineStore(tmp_path)
+    for args, needle in (
+        (("quarantine", "show", "--state", str(tmp_path), "qnope"), "no quarantined item 'qnope'"),
+        (("quarantine", "purge", "--state", str(tmp_path)), "give --pack PACK --pubkey PUB"),
+        (("quarantine", "purge", "--state", str(tmp_path), "--retention", "spam"), "CATEGORY=DAYS"),
+        (("quarantine", "list", "--state", str(tmp_path / "nope")), "state directory does not exist"),
+        (("quarantine", "release", "--state", str(tmp_path), "--next-hop", "localhost", "q1"), "HOST:PORT"),
+    ):
+        r = _edrules(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_purge_takes_each_categorys_retention_from_a_signed_pack_and_refuses_a_tampered_one(tmp_path):
+    from edrules.pack import build_pack, generate_keypair, write_pack
+    from edrules.rules.parse import parse_rules
+
+    text = "name: acme\nretention_days:\n  spam: 3\n  forgery: 60\n"
+    priv, pub = generate_keypair(tmp_path / "keys")
+    pack = tmp_path / "acme.json"
+    write_pack(build_pack(parse_rules(text), source_bytes=text.encode(), private_key_path=priv), pack)
+    state = tmp_path / "state"
+    store = SqliteQuarantineStore(state)
+    now = datetime.now(timezone.utc)
+    spam = _add(store, raw=RAW + b"s", rcpts=(("bob@corp.test", "spam"),), at=now - timedelta(days=5))[0]
+    forgery = _add(store, raw=RAW + b"f", rcpts=(("bob@corp.test", "forgery"),), at=now - timedelta(days=50))[0]
+    r = _edrules("quarantine", "purge", "--state", str(state), "--pack", str(pack), "--pubkey", str(pub))
+    assert r.returncode == 0, r.stderr
+    assert "purged 1 item" in r.stdout and "spam 3d" in r.stdout and "forgery 60d" in r.stdout
+    assert store.get(spam.id) is None and store.get(forgery.id) is not None
+    assert '"forgery":60' in pack.read_text()
+    pack.write_text(pack.read_text().replace('"forgery":60', '"forgery":1'))
+    bad = _edrules("quarantine", "purge", "--state", str(state), "--pack", str(pack), "--pubkey", str(pub))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert store.get(forgery.id) is not None
+
+
+def test_a_postgresql_location_is_refused_until_that_index_exists(tmp_path):
+    from edrules.errors import EdrulesError
+    from edrules.runtime.store import QuarantineStore, open_store
+
+    assert isinstance(open_store(tmp_path), SqliteQuarantineStore)
+    with pytest.raises(EdrulesError, match="PostgreSQL quarantine index is not available yet"):
+        open_store("postgresql://gw@127.0.0.1/edrules")
+    assert {"add", "get", "raw", "list", "count", "mark_released", "delete", "purge", "audit",
+            "audit_log"} <= set(dir(QuarantineStore))

@@ -200,3 +200,15 @@ class Overrides:
 
 def overrides_location(state_dir: str | Path) -> Location:
     return Location(str(Path(state_dir) / OVERRIDES_FILE))
+
+
+def trust_item(store, overrides: Overrides, item_id: str, actor: str, how: str) -> TrustChoice:
+    """Trust the sender of one stored item and audit it (CLI, pages and links all come here)."""
+    item = store.get(item_id)
+    if item is None:
+        raise EdrulesError(f"no quarantined item {item_id!r}")
+    choice = overrides.trust(item, actor)
+    store.audit(actor, "trust", how, item_id,
+                f"{choice.entry_id}: {choice.sender} via {choice.via} for {choice.scope}"
+                + ("" if choice.created else " (already trusted)"))
+    return choice
