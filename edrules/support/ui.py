@@ -66,7 +66,7 @@ def table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
 def top_bar(principal: Any, current: str) -> w.HTML:
     links = []
     for key, label, nb in PAGES:
-        if key == "wizard" and getattr(principal, "role", "user") not in qv.ADMIN_ROLES:
+        if key in ("wizard", "traffic") and getattr(principal, "role", "user") not in qv.ADMIN_ROLES:
             continue
         links.append(f'<a class="{"cur" if key == current else ""}" href="{nb}">{e(label)}</a>')
     who = (f'{e(principal.address)} ({e(getattr(principal, "label", principal.role))})' if principal else "not signed in")
