@@ -86,7 +86,15 @@ def browser(env):
 
 def shot(env, page, name: str) -> None:
     path = env["shots"] / name
+    # Voila scrolls inside its own container, so a "full page" shot stops at the viewport: grow
+    # the viewport to the content for the picture, then put it back.
+    size = page.viewport_size
+    height = page.evaluate("Math.max(document.body.scrollHeight, ...Array.from("
+                           "document.querySelectorAll('.edr-page, .jp-OutputArea, main')).map(e => e.scrollHeight + 120))")
+    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 6000)})
+    page.wait_for_timeout(300)
     page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
     if os.environ.get("EDRULES_SCREENSHOTS"):
         dest = Path(os.environ["EDRULES_SCREENSHOTS"])
         dest.mkdir(parents=True, exist_ok=True)

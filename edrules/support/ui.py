@@ -37,6 +37,7 @@ table.edr-t{border-collapse:collapse;width:100%}table.edr-t td,table.edr-t th{bo
 table.edr-t th{color:#5b6675;font-size:.8em;text-transform:uppercase}
 .edr-count{font-size:1.6em;font-weight:700;display:block}.edr-num{display:inline-block;min-width:130px;margin-right:1rem}
 .edr-row{border-bottom:1px solid #eef1f5}.edr-plain{font-size:1.02em;line-height:1.5}
+.edr-steps .lm-TabBar-tab{flex:0 0 auto!important;max-width:none!important;min-width:0!important}
 pre.edr-pre{white-space:pre-wrap;font-size:.82em;background:#f6f8fa;padding:.5rem;border-radius:4px;max-height:320px;overflow:auto}
 </style>
 """
@@ -507,10 +508,11 @@ class WizardPage:
                                   indent=False)
         self.dns_out = w.HTML()
         self.dns_out.add_class("edr-dns")
-        dns_go = w.Button(description="Run dns-check", icon="globe")
+        dns_go = w.Button(description="Run dns-check", icon="globe", layout=w.Layout(width="180px"))
         dns_go.add_class("edr-dns-check")
         dns_go.on_click(lambda _b: self.dns())
-        measure = w.Button(description="Measure on my history", button_style="info", icon="bar-chart")
+        measure = w.Button(description="Measure on my history", button_style="info", icon="bar-chart",
+                           layout=w.Layout(width="230px"))
         measure.add_class("edr-measure")
         measure.on_click(lambda _b: self.measure())
         self.apply_btn = w.Button(description="Apply", button_style="success", icon="check", disabled=True)
