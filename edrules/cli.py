@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",
+    "milter": "edrules.runtime.milter_cli:milter",
 }
 
 
