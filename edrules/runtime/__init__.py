@@ -1,1 +1,1 @@
-"""The gateway runtime: milter, quarantine store, release, overrides, reload, metrics (no pandas/duckdb)."""
+"""Gateway runtime: milter, quarantine store, release, overrides, digests (no pandas/duckdb)."""
