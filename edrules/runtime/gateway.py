@@ -431,7 +431,7 @@ class Gateway:
         # store's idempotency makes the client's retry not duplicate the item.
         return list(self.store.add(clean, recips, envelope_from=mail_from, client_ip=client_ip, helo=helo,
                                    queue_id=queue_id, pack_name=running.name, pack_version=running.version,
-                                   received_at=received_at))
+                                   received_at=received_at, facts=facts))
 
 
 _RELEASE_HEADER = "X-EDRules-Release"  # = edrules.runtime.release.RELEASE_HEADER (kept import-free)
