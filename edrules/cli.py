@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",
     "milter": "edrules.runtime.milter_cli:milter",
+    "quarantine": "edrules.runtime.cli_quarantine:quarantine",
+    "overrides": "edrules.runtime.cli_quarantine:overrides",
+    "digest": "edrules.runtime.cli_quarantine:digest",
 }
 
 

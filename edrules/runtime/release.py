@@ -20,6 +20,7 @@ import smtplib
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from edrules.errors import EdrulesError, Location
@@ -132,6 +133,8 @@ def verify_release_header(key: bytes, value: str, raw_without_header: bytes, rec
                           now: float | None = None) -> bool:
     """True when `value` is a release header we signed, not expired, for this recipient and this
     message (raw_without_header: the message as the milter sees it, minus the release header)."""
+    if not value.isascii():  # ours are ASCII; compare_digest refuses anything else
+        return False
     f = parse_release_header(value)
     try:
         exp = int(f["exp"])
@@ -174,6 +177,17 @@ def strip_release_headers(raw: bytes) -> tuple[list[str], bytes]:
     return values, b"\n".join(out)
 
 
+def released_for(key: bytes, raw: bytes, recipients: list[str] | tuple[str, ...], *,
+                 now: float | None = None) -> tuple[set[str], bytes]:
+    """For the milter: (recipients a valid release header covers, the message without any
+    release header). Every copy of the header is removed whatever it says, so a header sent
+    from outside is stripped and buys nothing; only one we signed, for this message and that
+    recipient, unexpired, counts."""
+    values, rest = strip_release_headers(raw)
+    ok = {r for r in recipients for v in values if verify_release_header(key, v, rest, r, now=now)}
+    return ok, rest
+
+
 @dataclass(frozen=True, slots=True)
 class ReleaseOutcome:
     item_id: str
@@ -193,22 +207,35 @@ def parse_hostport(text: str, what: str = "--next-hop") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+UNCONFIRMED_AFTER = timedelta(minutes=10)
+
+
 def release(store: QuarantineStore, item_id: str, *, next_hop: tuple[str, int], actor: str, how: str,
-            key: bytes, timeout: float = 30.0) -> ReleaseOutcome:
+            key: bytes, timeout: float = 30.0, retry_unconfirmed: bool = False,
+            unconfirmed_after: timedelta = UNCONFIRMED_AFTER) -> ReleaseOutcome:
     """Re-inject one item for its one recipient; exactly once however many callers race.
 
     The claim (store.mark_released) happens before sending: only the caller that won it sends.
-    A failed send gives the claim back so it can be retried. The remaining window, a crash after
-    the next hop accepted but before this returns, leaves the item marked released (it was sent)."""
+    A failed send gives the claim back so it can be retried. A process killed between claim and
+    the next hop's answer leaves the release unconfirmed (release_confirmed False): nothing is
+    sent twice on its own; retry_unconfirmed (an operator's choice, `--retry-unconfirmed`) claims
+    it again after UNCONFIRMED_AFTER, accepting that the lost attempt may have got through."""
     item = store.get(item_id)
     if item is None:
         return ReleaseOutcome(item_id, "", "not found")
     if item.state == "deleted":
         return ReleaseOutcome(item_id, item.recipient, "deleted")
-    if not store.mark_released(item_id, actor, how):
+    claimed = store.mark_released(item_id, actor, how) or (
+        retry_unconfirmed and store.reclaim_unconfirmed(item_id, actor, how, unconfirmed_after))
+    if not claimed:
         current = store.get(item_id)
-        status = "deleted" if current is not None and current.state == "deleted" else "already released"
-        return ReleaseOutcome(item_id, item.recipient, status)
+        if current is not None and current.state == "deleted":
+            return ReleaseOutcome(item_id, item.recipient, "deleted")
+        detail = ""
+        if current is not None and current.release_confirmed is False:
+            detail = (f"unconfirmed: claimed by {current.released_by} at {current.released_at:%Y-%m-%d %H:%M:%S} UTC "
+                      "and not yet accepted by the next hop")
+        return ReleaseOutcome(item_id, item.recipient, "already released", detail)
     try:
         raw = store.raw(item_id)
         header = sign_release_header(key, item, raw)
@@ -222,10 +249,31 @@ def release(store: QuarantineStore, item_id: str, *, next_hop: tuple[str, int], 
         detail = f"{type(exc).__name__}: {exc}"
         store.unmark_released(item_id, actor, how, detail)
         return ReleaseOutcome(item_id, item.recipient, "failed", detail)
-    store.audit(actor, "released", how, item_id, f"to {item.recipient} via {next_hop[0]}:{next_hop[1]}")
+    store.confirm_release(item_id, actor, how, f"to {item.recipient} via {next_hop[0]}:{next_hop[1]}")
     return ReleaseOutcome(item_id, item.recipient, "released", f"via {next_hop[0]}:{next_hop[1]}")
 
 
 def default_actor(how: str = "cli") -> str:
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
     return f"{user}@{socket.gethostname()}" if how == "cli" else user
+
+
+def redeem_token(store: QuarantineStore, key: bytes, token: str, purpose: str, *, actor: str, how: str = "link",
+                 next_hop: tuple[str, int] | None = None, overrides=None):
+    """What a confirmation page's POST does: check the token, bind it to its item and
+    recipient, use it up (single use), then release (ReleaseOutcome) or trust (TrustChoice).
+    Raises edrules.runtime.tokens.TokenError when the link is expired, altered or used."""
+    from edrules.runtime.tokens import TokenError, check_token, consume
+
+    claims = check_token(key, token, purpose, store=store)
+    item = store.get(claims.item_id)
+    if item is None or item.recipient != claims.recipient:
+        raise TokenError("altered", "link does not match a quarantined item")
+    consume(store, claims)
+    if purpose == "release":
+        if next_hop is None:
+            raise EdrulesError("release needs the next hop (HOST:PORT)")
+        return release(store, item.id, next_hop=next_hop, actor=actor, how=how, key=key)
+    from edrules.runtime.overrides import Overrides, trust_item
+
+    return trust_item(store, overrides or Overrides(getattr(store, "state_dir")), item.id, actor, how)

@@ -94,6 +94,9 @@ class QuarantineItem:
     # bulk_provider, envelope_from_domain, header_from_domain), so "trust sender" can name the
     # authenticated network without re-checking DNS later. Empty when the caller gave none.
     auth: Mapping[str, Any] | None = None
+    # While released: False from the claim until the next hop accepted the message. A release
+    # left unconfirmed for long means the releasing process died mid-way (see release()).
+    release_confirmed: bool | None = None
 
     @property
     def recipient_domain(self) -> str:
@@ -140,6 +143,10 @@ class QuarantineStore(Protocol):
 
     def unmark_released(self, item_id: str, actor: str, how: str, detail: str = "") -> bool: ...
 
+    def confirm_release(self, item_id: str, actor: str, how: str, detail: str = "") -> None: ...
+
+    def reclaim_unconfirmed(self, item_id: str, actor: str, how: str, older_than: timedelta) -> bool: ...
+
     def delete(self, item_id: str, actor: str, how: str) -> bool: ...
 
     def purge(self, now: datetime, retention_days: Mapping[str, int]) -> int: ...
@@ -155,7 +162,9 @@ class QuarantineStore(Protocol):
     def token_used(self, token_id: str) -> bool: ...
 
     # digests (edrules.runtime.digest)
-    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None: ...
+    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> list[str]: ...
+
+    def forget_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None: ...
 
     def digested_ids(self, recipient: str) -> set[str]: ...
 
@@ -183,6 +192,7 @@ CREATE TABLE IF NOT EXISTS items (
   released_at TEXT, released_by TEXT,
   size INTEGER NOT NULL,
   auth TEXT,
+  release_confirmed INTEGER,
   UNIQUE (message_sha256, recipient, queue_id)
 );
 CREATE INDEX IF NOT EXISTS items_recipient ON items (recipient, state, quarantined_at);
@@ -214,7 +224,18 @@ CREATE TABLE IF NOT EXISTS digest_schedule (
 
 _COLUMNS = ("id", "message_sha256", "recipient", "envelope_from", "header_from", "subject", "date",
             "category", "reason", "rule_id", "pack_name", "pack_version", "client_ip", "helo",
-            "queue_id", "quarantined_at", "state", "released_at", "released_by", "size", "auth")
+            "queue_id", "quarantined_at", "state", "released_at", "released_by", "size", "auth",
+            "release_confirmed")
+
+
+def open_store(location: str | Path) -> "QuarantineStore":
+    """The store for a state directory. The seam for a shared index: a postgresql:// location
+    will select a PostgreSQL index (a later issue) behind the same Protocol."""
+    text = str(location)
+    if text.startswith(("postgres://", "postgresql://")):
+        raise EdrulesError("a PostgreSQL quarantine index is not available yet; use a state directory",
+                           Location(field="store"))
+    return SqliteQuarantineStore(location)
 
 
 def item_id_for(message_sha256: str, recipient: str, queue_id: str | None) -> str:
@@ -235,6 +256,7 @@ def _fsync_dir(path: Path) -> None:
 def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
     """(From address, Subject, Date) of the message, decoded; header-only parse (compat32 is
     ~6x faster than policy.default and the body is never needed here)."""
+    from email.errors import HeaderParseError
     from email.header import decode_header, make_header
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses, parsedate_to_datetime
@@ -247,7 +269,7 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
             return None
         try:
             return str(make_header(decode_header(str(v)))).strip()
-        except (UnicodeError, LookupError, ValueError):
+        except (UnicodeError, LookupError, ValueError, HeaderParseError):
             return str(v).strip()
 
     from_addr = None
@@ -262,7 +284,7 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
             date = parsedate_to_datetime(str(d))
             if date is not None and date.tzinfo is None:
                 date = date.replace(tzinfo=timezone.utc)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             date = None
     return from_addr, text("Subject"), date
 
@@ -416,6 +438,7 @@ class SqliteQuarantineStore:
             d[k] = _from_iso(d[k])
         d["queue_id"] = d["queue_id"] or None
         d["auth"] = json.loads(d["auth"]) if d["auth"] else None
+        d["release_confirmed"] = None if d["release_confirmed"] is None else bool(d["release_confirmed"])
         return QuarantineItem(**d)
 
     def get(self, item_id: str) -> QuarantineItem | None:
@@ -486,17 +509,37 @@ class SqliteQuarantineStore:
         """Claim the item for release: True for exactly one caller, however many race."""
         now = _iso(utcnow())
         with self._tx() as db:
-            cur = db.execute("UPDATE items SET state = 'released', released_at = ?, released_by = ?"
-                             " WHERE id = ? AND state = 'quarantined'", (now, actor, item_id))
+            cur = db.execute("UPDATE items SET state = 'released', released_at = ?, released_by = ?,"
+                             " release_confirmed = 0 WHERE id = ? AND state = 'quarantined'", (now, actor, item_id))
             if cur.rowcount != 1:
                 return False
             self._audit(db, actor, "release", how, item_id, "claimed")
         return True
 
+    def confirm_release(self, item_id: str, actor: str, how: str, detail: str = "") -> None:
+        """The next hop accepted the released message."""
+        with self._tx() as db:
+            db.execute("UPDATE items SET release_confirmed = 1 WHERE id = ? AND state = 'released'", (item_id,))
+            self._audit(db, actor, "released", how, item_id, detail)
+
+    def reclaim_unconfirmed(self, item_id: str, actor: str, how: str, older_than: timedelta) -> bool:
+        """Claim again a release whose process died before the next hop confirmed it (True for
+        one caller). The operator chooses this: the old attempt may have been delivered."""
+        now = utcnow()
+        with self._tx() as db:
+            cur = db.execute("UPDATE items SET released_at = ?, released_by = ? WHERE id = ? AND state = 'released'"
+                             " AND release_confirmed = 0 AND released_at < ?",
+                             (_iso(now), actor, item_id, _iso(now - older_than)))
+            if cur.rowcount != 1:
+                return False
+            self._audit(db, actor, "release", how, item_id, "reclaimed an unconfirmed release")
+        return True
+
     def unmark_released(self, item_id: str, actor: str, how: str, detail: str = "") -> bool:
         """Undo a claim whose delivery failed, so the item can be released again."""
         with self._tx() as db:
-            cur = db.execute("UPDATE items SET state = 'quarantined', released_at = NULL, released_by = NULL"
+            cur = db.execute("UPDATE items SET state = 'quarantined', released_at = NULL, released_by = NULL,"
+                             " release_confirmed = NULL"
                              " WHERE id = ? AND state = 'released'", (item_id,))
             if cur.rowcount != 1:
                 return False
@@ -591,13 +634,28 @@ class SqliteQuarantineStore:
 
     # -- digests -----------------------------------------------------------------------
 
-    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None:
+    def record_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> list[str]:
+        """Claim items for one digest before sending it: returns the ids no earlier (or
+        concurrent) run has claimed, so two overlapping runs never list an item twice."""
+        claimed: list[str] = []
         with self._tx() as db:
             for iid in item_ids:
-                db.execute("INSERT OR IGNORE INTO digest_sent (recipient, item_id, sent_at) VALUES (?,?,?)",
+                cur = db.execute("INSERT OR IGNORE INTO digest_sent (recipient, item_id, sent_at) VALUES (?,?,?)",
+                                 (recipient, iid, _iso(sent_at)))
+                if cur.rowcount:
+                    claimed.append(iid)
+            if claimed:
+                db.execute("INSERT INTO digest_runs (recipient, sent_at, items) VALUES (?,?,?)",
+                           (recipient, _iso(sent_at), len(claimed)))
+        return claimed
+
+    def forget_digest(self, recipient: str, item_ids: Sequence[str], sent_at: datetime) -> None:
+        """Give back a claim whose digest could not be sent (the next run lists them again)."""
+        with self._tx() as db:
+            for iid in item_ids:
+                db.execute("DELETE FROM digest_sent WHERE recipient = ? AND item_id = ? AND sent_at = ?",
                            (recipient, iid, _iso(sent_at)))
-            db.execute("INSERT INTO digest_runs (recipient, sent_at, items) VALUES (?,?,?)",
-                       (recipient, _iso(sent_at), len(item_ids)))
+            db.execute("DELETE FROM digest_runs WHERE recipient = ? AND sent_at = ?", (recipient, _iso(sent_at)))
 
     def digested_ids(self, recipient: str) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT item_id FROM digest_sent WHERE recipient = ?", (recipient,))}

@@ -69,8 +69,9 @@ def make_token(key: bytes, purpose: str, item_id: str, recipient: str, ttl_secon
 def check_token(key: bytes, token: str, purpose: str, *, now: float | None = None, store=None) -> TokenClaims:
     """The claims of a valid token; TokenError otherwise. Does not consume it (safe on GET);
     pass `store` to also refuse a token already used."""
-    payload, sep, mac = (token or "").strip().partition(".")
-    if not sep or not hmac.compare_digest(mac, _mac(key, payload)):
+    token = (token or "").strip()
+    payload, sep, mac = token.partition(".")
+    if not token.isascii() or not sep or not hmac.compare_digest(mac, _mac(key, payload)):
         raise TokenError("altered", "link altered or not ours")
     try:
         body = json.loads(_b64d(payload))
