@@ -226,6 +226,29 @@ def test_a_release_header_from_outside_does_not_bypass_the_policy(rig):
         assert b"X-EDRules-Release" not in rig.store().raw(held.id)
 
 
+def test_concurrent_smtp_connections_quarantine_without_a_single_tempfail(rig):
+    mids, errors = [], []
+
+    def client() -> None:
+        with smtplib.SMTP("127.0.0.1", rig.postfix.port, local_hostname="client.example", timeout=30) as s:
+            for _ in range(5):
+                raw, mid = message("partner@partner.example", header_from="ceo@corp.test", subject="burst")
+                try:
+                    s.sendmail("partner@partner.example", ["bob@corp.test", "carol@corp.test"], raw)
+                    mids.append(mid)
+                except smtplib.SMTPException as exc:
+                    errors.append(str(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(mids) == 20
+    for mid in mids:
+        assert [i.recipient for i in rig.items_for(mid)] == ["bob@corp.test"]
+
+
 def test_status_shows_the_running_pack_and_its_signed_metadata(rig):
     out = subprocess.run([sys.executable, "-m", "edrules.cli", "milter", "status", "--state", str(rig.state),
                           "--json"], capture_output=True, text=True)

@@ -67,6 +67,7 @@ def milter(ctx: click.Context, pack_path, pubkey, listen, state_dir, trusted_aut
         gateway.release_key()
     except ModuleNotFoundError as exc:  # quarantine store not installed: quarantining tempfails
         log_event({"event": "warning", "detail": f"quarantine store unavailable: {exc}"})
+    gateway.warm_up()
     if metrics_addr:
         metrics.serve(*_host_port(metrics_addr, "--metrics"))
     server = MilterServer(gateway, where, next_hop=hop)
