@@ -106,16 +106,21 @@ class EdrulesMilter(Milter.Base):
         self.rcpts.append(to)
         return Milter.CONTINUE
 
-    @Milter.decode("bytes")
     @Milter.noreply
-    def header(self, name, value):
-        first, self.first_header = self.first_header, False
-        if first and name.lower() == "received" and self._is_our_received(value):
-            # Postfix shows milters the Received field it is about to prepend; it is not part
-            # of the message the client sent (what is stored, released and hashed).
-            return Milter.CONTINUE
-        self.headers.append(name.encode("ascii", "replace") + b":" + value.replace(b"\n", b"\r\n") + b"\r\n")
+    def header(self, name, value):  # pragma: no cover - negotiation only; header_bytes does the work
         return Milter.CONTINUE
+
+    def header_bytes(self, name, value):
+        """The per-header callback (about 20 per message), kept to one Python frame: pymilter's
+        default path decodes the value and goes through two decorator wrappers first."""
+        if self.first_header:
+            self.first_header = False
+            if name.lower() == "received" and self._is_our_received(value):
+                # If Postfix shows milters the Received field it is about to prepend, it is not
+                # part of the message the client sent (what is stored, released and hashed).
+                return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
+        self.headers.append(name.encode("ascii", "replace") + b":" + value.replace(b"\n", b"\r\n") + b"\r\n")
+        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
 
     def _is_our_received(self, value: bytes) -> bool:
         qid = self.queue_id or self.getsymval("i")
