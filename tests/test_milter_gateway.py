@@ -204,3 +204,25 @@ def test_importing_the_runtime_and_the_milter_never_imports_pandas_or_duckdb():
             "assert not bad, bad\nprint('clean')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "clean", out.stderr
+
+
+def test_trusting_a_quarantined_sender_reaches_the_gateway_through_the_overrides_file(tmp_path, keys):
+    from edrules.runtime.overrides import Overrides, trust_item
+
+    rules = ("name: strict-unit\nfrom_policy: strict\n")
+    pack = make_pack(rules, tmp_path / "strict.json", keys[0], version="1")
+    zone = '$ORIGIN partner.example.\n@ IN TXT "v=spf1 ip4:192.0.2.10 -all"\n'
+    g = gateway(tmp_path, pack, keys, resolver=ZoneResolver.from_text(zone))
+    env = dict(mail_from="partner@partner.example", rcpts=["bob@corp.test", "carol@corp.test"],
+               client_ip="192.0.2.10", helo="mail.partner.example")
+    first = g.process(msg("ceo@corp.test"), **env)
+    assert [a.action for a in first.recipients] == [Action.QUARANTINE, Action.QUARANTINE]
+    item = first.recipients[0].item_id
+    choice = trust_item(g.store, Overrides(tmp_path / "state"), item, "support@corp.test", "cli")
+    assert choice.via == "partner.example" and choice.scope == "user:bob@corp.test"
+    r = g.packs.check_files()  # the milter's watcher does this every second
+    assert r.ok and r.changed and g.packs.current.overrides == 1
+    again = g.process(msg("ceo@corp.test", body="again\r\n"), **env)
+    assert {a.recipient: (a.action, a.verdict.rule_id) for a in again.recipients} == {
+        "bob@corp.test": (Action.DELIVER, f"override:{choice.entry_id}"),
+        "carol@corp.test": (Action.QUARANTINE, "from_policy:strict")}

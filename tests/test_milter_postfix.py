@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from components import free_port
 from postfix import (
     MilterProcess,
     Postfix,
@@ -75,9 +76,11 @@ class Rig:
         self.state = root / "state"
         (root / "zone.txt").write_text(ZONE)
         self.sink = SmtpSink().__enter__()
+        self.metrics_port = free_port()
         self.milter = MilterProcess(self.pack, self.pub, self.state,
                                     args=("--zone", str(root / "zone.txt"), "--authserv-id", AUTHSERV,
-                                          "--next-hop", "127.0.0.1:1")).start()
+                                          "--next-hop", "127.0.0.1:1",
+                                          "--metrics", f"127.0.0.1:{self.metrics_port}")).start()
         self.postfix = Postfix(next_hop=self.sink.port, milter=self.milter.address).start()
 
     def close(self) -> None:
@@ -257,6 +260,24 @@ def test_status_shows_the_running_pack_and_its_signed_metadata(rig):
     assert s["running"] and s["pid"] == rig.milter.pid
     assert s["pack"]["name"] == "gateway-test" and s["pack"]["version"] == "1"
     assert s["pack"]["metadata"] == {"version": "1"} and s["pack"]["signed_by"].startswith("ed25519:")
+
+
+def test_prometheus_endpoint_counts_what_the_milter_did(rig):
+    import urllib.request
+
+    raw, mid = message("partner@partner.example", header_from="ceo@corp.test",
+                       extra=f"Authentication-Results: {AUTHSERV}; dmarc=pass\r\n")
+    rig.send(raw, "partner@partner.example")
+    with pytest.raises(smtplib.SMTPDataError):
+        rig.send(message("spam@rejected.example")[0], "spam@rejected.example")
+    assert rig.message_log(mid)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{rig.metrics_port}/metrics", timeout=5).read().decode()
+    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("edrules_") and " " in line}
+    assert counts['edrules_messages_total{outcome="accept"}'] >= 1
+    assert counts['edrules_messages_total{outcome="reject"}'] >= 1
+    assert counts['edrules_verdicts_total{action="quarantine",category="forgery"}'] >= 1
+    assert counts['edrules_forged_headers_removed_total{header="authentication-results"}'] >= 1
 
 
 def test_milter_down_means_the_client_is_told_to_retry(tmp_path):
