@@ -40,6 +40,9 @@ ZONE = '$ORIGIN friend.example.\n@ IN TXT "v=spf1 ip4:192.0.2.10 -all"\n'
 
 
 class FailingStore:
+    def list(self, **kw):
+        return []
+
     def add(self, *a, **kw):
         raise OSError(28, "No space left on device")
 
@@ -226,3 +229,19 @@ def test_trusting_a_quarantined_sender_reaches_the_gateway_through_the_overrides
     assert {a.recipient: (a.action, a.verdict.rule_id) for a in again.recipients} == {
         "bob@corp.test": (Action.DELIVER, f"override:{choice.entry_id}"),
         "carol@corp.test": (Action.QUARANTINE, "from_policy:strict")}
+
+
+def test_a_message_retried_under_a_new_queue_id_is_held_once(tmp_path, pack, keys):
+    # After a crash between the store write and the 250, the client resends the same bytes and
+    # Postfix gives them a new queue id.
+    g = gateway(tmp_path, pack, keys)
+    env = dict(mail_from="x@elsewhere.example", rcpts=["bob@corp.test"], client_ip="192.0.2.99", helo="h")
+    a = g.process(msg("ceo@corp.test"), queue_id="AAA1", **env)
+    b = g.process(msg("ceo@corp.test"), queue_id="BBB2", **env)
+    assert a.outcome is b.outcome is Outcome.DISCARD
+    assert [i.id for i in a.quarantined] == [i.id for i in b.quarantined]
+    assert g.store.count(state=None) == 1
+    # Once released, the same bytes arriving again are a new arrival and are held again.
+    g.store.mark_released(a.quarantined[0].id, "t", "cli")
+    c = g.process(msg("ceo@corp.test"), queue_id="CCC3", **env)
+    assert g.store.count(state=None) == 2 and c.quarantined[0].id != a.quarantined[0].id

@@ -33,6 +33,9 @@ VERDICT_HEADER = "X-EDRules-Verdict"
 AR_HEADER = "Authentication-Results"
 DEFAULT_AUTHSERV_ID = "edrules.invalid"
 SCANNERS = ("spamassassin", "rspamd")
+STORE_THREADS = 4
+# How far back a retried message is looked for among a recipient's quarantined items.
+RETRY_LOOKBACK = 50
 
 
 class Outcome(StrEnum):
@@ -235,13 +238,15 @@ class Gateway:
         return open_store(self.state_dir)
 
     def _in_store_thread(self, fn, *args, **kwargs):
-        """Run a store call on the one thread that owns the store. pymilter keeps one Python
-        thread state per SMTP connection while libmilter runs its callbacks on any worker
-        thread, so thread-local SQLite connections would meet foreign OS threads."""
+        """Run a store call on a thread of our own pool. pymilter keeps one Python thread state
+        per SMTP connection while libmilter runs its callbacks on any worker thread, so the
+        store's thread-local SQLite connections would meet foreign OS threads. Several workers:
+        each quarantined message waits for fsyncs, which need not queue behind each other."""
         if self._store_thread is None:
             with self._store_lock:
                 if self._store_thread is None:
-                    self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edrules-store")
+                    self._store_thread = ThreadPoolExecutor(max_workers=STORE_THREADS,
+                                                            thread_name_prefix="edrules-store")
         return self._store_thread.submit(fn, *args, **kwargs).result()
 
     def release_key(self) -> bytes:
@@ -455,12 +460,27 @@ class Gateway:
             v = a.verdict
             reason = v.reason + (f" ({a.note})" if a.note else "")
             recips.append(QuarantinedRecipient(a.recipient, v.category, reason, v.rule_id))
-        # Stored (fsync'd) before the MTA hears 250: a crash after this answers 4xx, and the
-        # store's idempotency makes the client's retry not duplicate the item.
+        # Stored (fsync'd) before the MTA hears 250. A crash after this answers 4xx and the
+        # client retries the same bytes under a NEW Postfix queue id, which the store's
+        # (sha256, recipient, queue id) key does not catch: an identical message still held
+        # for that recipient is reused instead of stored twice.
         store = self.store
-        return list(self._in_store_thread(store.add, clean, recips, envelope_from=mail_from, client_ip=client_ip, helo=helo,
-                                   queue_id=queue_id, pack_name=running.name, pack_version=running.version,
-                                   received_at=received_at, facts=facts))
+        return self._in_store_thread(self._add_once, store, clean, recips, envelope_from=mail_from,
+                                     client_ip=client_ip, helo=helo, queue_id=queue_id, pack_name=running.name,
+                                     pack_version=running.version, received_at=received_at, facts=facts)
+
+    @staticmethod
+    def _add_once(store, clean: bytes, recips: list, **kw) -> list[Any]:
+        sha = hashlib.sha256(clean).hexdigest()
+        held, new = [], []
+        for r in recips:
+            recent = store.list(recipients=[r.recipient], state="quarantined", limit=RETRY_LOOKBACK)
+            same = next((i for i in recent if i.message_sha256 == sha), None)
+            if same is not None:
+                held.append(same)
+            else:
+                new.append(r)
+        return held + (list(store.add(clean, new, **kw)) if new else [])
 
 
 _RELEASE_HEADER = "X-EDRules-Release"  # = edrules.runtime.release.RELEASE_HEADER (kept import-free)
