@@ -288,11 +288,15 @@ class QuarantinePage:
         delete.disabled = it.state == "deleted"
         confirm = w.VBox()
 
-        def do_release(_b):
-            o = qv.release_one(self.site, self.store, self.principal, it.id, how="dashboard")
-            msg.value = f'<p class="{"edr-ok" if o.ok else "edr-err"}">{e(o.message)}</p>'
-            release.disabled = True
+        def after(o) -> None:
+            # Re-read the item so its state badge matches what just happened, then say it.
             self.refresh()
+            self.show(it.id)
+            self.detail.children[-1].value = f'<p class="{"edr-ok" if o.ok else "edr-err"}">{e(o.message)}</p>'
+
+        def do_release(_b):
+            release.disabled = True
+            after(qv.release_one(self.site, self.store, self.principal, it.id, how="dashboard"))
 
         def do_trust(_b):
             try:
@@ -315,10 +319,11 @@ class QuarantinePage:
                 f'<p><b>Still checked:</b> {e(pv.still_checked)}</p></div>'), add]
 
         def do_delete(_b):
-            o = qv.delete_one(self.store, self.principal, it.id, how="dashboard")
-            msg.value = f'<p class="{"edr-ok" if o.ok else "edr-err"}">{e(o.message)}</p>'
             delete.disabled = True
+            o = qv.delete_one(self.store, self.principal, it.id, how="dashboard")
             self.refresh()
+            msg.value = f'<p class="{"edr-ok" if o.ok else "edr-err"}">{e(o.message)}</p>'
+            self.detail.children = [w.HTML(f'<div class="edr-card">{e(it.subject or "(no subject)")}: deleted</div>'), msg]
 
         release.on_click(do_release)
         trust.on_click(do_trust)
