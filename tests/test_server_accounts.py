@@ -175,3 +175,21 @@ def test_users_add_list_disable_from_the_command_line(tmp_path):
     assert "u@a.test\tuser\ta.test\tdisabled" in listing
     bad = run(cli, ["users", "add", "x@a.test", "--role", "domain_admin", "--state", state], standalone_mode=False)
     assert isinstance(bad.exception, EdrulesError)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from edrules.server.handlers import safe_next  # noqa: E402
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.text(alphabet="/\\:.?#@%abcehlt ", max_size=30))
+def test_the_after_login_target_is_always_a_path_on_this_site(url):
+    target = safe_next(url, "/")
+    assert target.startswith("/") and not target.startswith("//") and "\\" not in target
+    assert "://" not in target.split("?")[0]
+
+
+@pytest.mark.parametrize("url", ["//evil.test/x", "http://evil.test/", "https:evil.test", "/\\evil.test", "javascript:alert(1)"])
+def test_an_offsite_after_login_target_becomes_the_home_page(url):
+    assert safe_next(url, "/") == "/home"

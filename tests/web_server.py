@@ -83,7 +83,7 @@ class Served:
 
 
 def start_serve(state: Path, *, smtp_port: int | None = None, oidc_file: Path | None = None, port: int = 0,
-                db: Path | None = None, extra: tuple[str, ...] = ()) -> Served:
+                db: Path | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Served:
     cmd = [sys.executable, "-m", "edrules.cli", "serve", "--port", str(port), "--state", str(state)]
     if smtp_port:
         cmd += ["--smtp", f"127.0.0.1:{smtp_port}"]
@@ -94,7 +94,8 @@ def start_serve(state: Path, *, smtp_port: int | None = None, oidc_file: Path | 
     cmd += list(extra)
     log = open(state / "serve.log", "ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "JUPYTER_RUNTIME_DIR": str(state / "runtime")})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+                                 **(env or {})})
     lines: list[str] = []
     found: list[str] = []
 

@@ -15,6 +15,8 @@ For pages and dashboards built on this server:
   of the request that opened the page into the page's own kernel; outside the server it is None
   (or EDRULES_PRINCIPAL as JSON, for tests). Which roles may open a notebook: its metadata,
   `"edrules": {"roles": ["domain_admin", "provider"]}` (absent = every signed-in role).
+  Kernels inherit `EDRULES_STATE` (the state directory) and `EDRULES_DB` (the dataset) from the
+  server; `edrules.server.dashboard.nav_bar()` draws the header links.
 """
 
 from edrules.server.principal import Principal, can_access, current_principal

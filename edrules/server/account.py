@@ -21,8 +21,8 @@ def when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "never"
 
 
-def dashboards_for(dashboards: Path, role: str) -> list[tuple[str, str]]:
-    """(file name, title) of each dashboard notebook this role may open."""
+def dashboards_for(dashboards: Path, role: str) -> list[tuple[str, str, str]]:
+    """(file name, title, first paragraph) of each dashboard notebook this role may open."""
     out = []
     for nb in sorted(dashboards.glob("*.ipynb")):
         try:
@@ -31,13 +31,14 @@ def dashboards_for(dashboards: Path, role: str) -> list[tuple[str, str]]:
             continue
         if role not in page_roles(data):
             continue
-        title = nb.stem.replace("-", " ").capitalize()
+        title, about = nb.stem.replace("-", " ").capitalize(), ""
         for cell in data.get("cells", []):
             src = "".join(cell.get("source", ""))
             if cell.get("cell_type") == "markdown" and src.lstrip().startswith("# "):
-                title = src.lstrip()[2:].splitlines()[0].strip()
+                head, _, rest = src.lstrip()[2:].partition("\n")
+                title, about = head.strip(), " ".join(rest.split("\n\n")[0].split())
                 break
-        out.append((nb.name, title))
+        out.append((nb.name, title, about))
     return out
 
 
@@ -45,8 +46,9 @@ class HomeHandler(BaseHandler):
     @authenticated
     def get(self) -> None:
         p = self.principal
-        items = "".join(f'<li><a href="{e(self.base)}voila/render/{e(name)}">{e(title)}</a></li>'
-                        for name, title in dashboards_for(self.ctx.dashboards, p.role))
+        items = "".join(f'<li><a href="{e(self.base)}voila/render/{e(name)}">{e(title)}</a>'
+                        f'<br><span class="muted">{e(about)}</span></li>'
+                        for name, title, about in dashboards_for(self.ctx.dashboards, p.role))
         doms = "".join(f'<span class="pill">{e(d)}</span>' for d in sorted(p.domains))
         admin = (f'<p><a class="button secondary" href="{e(self.base)}admin">Domain policies and accounts</a></p>'
                  if p.role in ("domain_admin", "provider") else "")
@@ -153,7 +155,8 @@ class AdminHandler(BaseHandler):
             pol = self.accounts.policy(dom)
             chk = lambda b: " checked" if b else ""  # noqa: E731
             users = [[e(a.address), e(ROLE_LABELS[a.role]), "on" if a.totp_enabled else "off",
-                      "disabled" if a.disabled else ("locked" if a.locked_until > time.time() else "active")]
+                      "disabled" if a.disabled else ("locked" if a.locked_until > time.time() else "active"),
+                      self.account_actions(a)]
                      for a in self.accounts.list(frozenset({dom}))]
             cards.append(f"""<div class="card" id="domain-{e(dom)}"><h2>{e(dom)}</h2>
 <form method="post" action="{e(self.base)}admin/policy">{self.forms()}<input type="hidden" name="domain" value="{e(dom)}">
@@ -162,13 +165,53 @@ class AdminHandler(BaseHandler):
 <label style="display:inline;font-weight:400"><input type="checkbox" name="passwordless_disabled" value="1"{chk(pol.passwordless_disabled)}> E-mailed sign-in codes disabled</label><br>
 <label style="display:inline;font-weight:400"><input type="checkbox" name="secure_release" value="1"{chk(pol.secure_release)}> Secure release (users may not release mail themselves)</label></p>
 <button type="submit">Save policy</button> <span class="muted">Last changed {e(when(pol.updated_at))}{" by " + e(pol.updated_by) if pol.updated_by else ""}</span></form>
-<h2 style="margin-top:1.4rem">Accounts</h2>{table(["Address", "Role", "2-step", "State"], users)}</div>""")
+<h2 style="margin-top:1.4rem">Accounts</h2>{table(["Address", "Role", "2-step", "State", ""], users)}</div>""")
         audit = [[e(when(a.at)), e(a.actor), e(a.action), e(a.subject), e(a.detail)]
                  for a in self.accounts.audit_log(subject_domains=p.domains, limit=30)]
         self.page("Administration", f"""{message(error, notice)}<div class="card"><h1>Your domains</h1>
 <p class="muted">{e(p.label)} {e(p.address)}</p></div>{"".join(cards)}
 <div class="card"><h2>Recent sign-in events</h2>{table(["When", "Who", "What", "Subject", "Detail"], audit)}</div>""",
                   status=status)
+
+
+    def account_actions(self, a) -> str:
+        if a.address == self.principal.address:
+            return ""
+        out = []
+        for action, label, show in (("unlock", "Unlock", a.locked_until > time.time()),
+                                    ("disable", "Disable", not a.disabled), ("enable", "Enable", a.disabled),
+                                    ("reset-mfa", "Reset 2-step", a.totp_enabled)):
+            if show:
+                out.append(f'<form method="post" action="{e(self.base)}admin/account" style="display:inline">'
+                           f'{self.forms()}<input type="hidden" name="address" value="{e(a.address)}">'
+                           f'<input type="hidden" name="action" value="{action}">'
+                           f'<button class="secondary" type="submit" style="margin:0 .3rem 0 0;padding:.3rem .7rem">'
+                           f'{label}</button></form>')
+        return "".join(out)
+
+
+class AccountActionHandler(AdminHandler):
+    """Unlock, disable, enable or reset the two-step verification of an account in the admin's domains."""
+
+    @authenticated
+    def post(self) -> None:
+        p = self.principal
+        target = self.accounts.get(self.get_body_argument("address", ""))
+        # An admin acts on accounts *in* its domains, never on a peer admin or provider whose
+        # scope reaches beyond them, and never on itself.
+        if (target is None or not p.administers(target.domain) or target.address == p.address
+                or (target.role != "user" and not target.domains <= p.domains)):
+            raise web.HTTPError(404)
+        action = self.get_body_argument("action", "")
+        if action == "unlock":
+            self.accounts.unlock(target.address, actor=p.address)
+        elif action in ("disable", "enable"):
+            self.accounts.set_disabled(target.address, action == "disable", actor=p.address)
+        elif action == "reset-mfa":
+            self.accounts.reset_mfa(target.address, actor=p.address)
+        else:
+            raise web.HTTPError(400)
+        self.render_admin(notice=f"{target.address}: {action} done.")
 
 
 class PolicyHandler(AdminHandler):
@@ -199,4 +242,5 @@ HANDLERS = [
     (r"/account/password", PasswordHandler),
     (r"/admin", AdminHandler),
     (r"/admin/policy", PolicyHandler),
+    (r"/admin/account", AccountActionHandler),
 ]

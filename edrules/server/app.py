@@ -90,9 +90,9 @@ class EdrulesKernelManager(AsyncMappingKernelManager):
         KERNEL_OWNERS[kernel_id] = owner
         return kernel_id
 
-    def _kernel_removed(self, kernel_id: str) -> None:  # type: ignore[override]
+    def remove_kernel(self, kernel_id: str) -> Any:
         KERNEL_OWNERS.pop(kernel_id, None)
-        return super()._kernel_removed(kernel_id) if hasattr(super(), "_kernel_removed") else None
+        return super().remove_kernel(kernel_id)
 
 
 def page_roles(notebook: Any) -> tuple[str, ...]:

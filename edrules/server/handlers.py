@@ -76,6 +76,14 @@ class ServerContext:
     def provider(self, name: str) -> OidcProvider | None:
         return next((p for p in self.oidc if p.name == name), None)
 
+    def quarantine(self):
+        """The gateway's quarantine store in this state directory (edrules.runtime.store), opened once."""
+        if "quarantine" not in self.extra:
+            from edrules.runtime.store import open_store
+
+            self.extra["quarantine"] = open_store(self.state_dir)
+        return self.extra["quarantine"]
+
 
 def authenticated(method: Callable) -> Callable:
     """Like tornado's, but a pending login (TOTP still due) counts as signed out."""
@@ -186,9 +194,11 @@ class BaseHandler(JupyterHandler):
 
 def safe_next(url: str | None, base: str = "/") -> str:
     """A same-site path to go to after login; anything else (another host, //evil) becomes the home page."""
+    home = base + "home"
     if not url:
-        return base
+        return home
     p = urlparse(url)
     if p.scheme or p.netloc or not url.startswith("/") or url.startswith("//") or "\\" in url:
-        return base
-    return url
+        return home
+    url = url.rstrip("?")
+    return home if url in (base, base.rstrip("/")) else url

@@ -186,9 +186,10 @@ class TotpHandler(LoginFlow):
         self.advance(acc, method, after="mfa")
 
 
-def enrolment_body(h: BaseHandler, address: str, secret: str, error: str | None = None, extra: str = "") -> str:
+def enrolment_body(h: BaseHandler, address: str, secret: str, error: str | None = None, extra: str = "",
+                   notice: str | None = None) -> str:
     qr = mfa.qr_svg_data_uri(mfa.provisioning_uri(secret, address))
-    return f"""<div class="card narrow"><h1>Set up your authenticator app</h1>{message(error)}
+    return f"""<div class="card narrow"><h1>Set up your authenticator app</h1>{message(error, notice)}
 <p>Scan this QR code with an authenticator app (Google Authenticator, Aegis, 1Password, FreeOTP ...).</p>
 <img class="qr" src="{qr}" alt="QR code for your authenticator app" width="230" height="230">
 <details id="show-secret"><summary>Can't scan? Show code</summary>
@@ -228,7 +229,10 @@ class EnrolHandler(LoginFlow):
         if not secret:
             secret = mfa.new_secret()
             self.accounts.start_totp_enrolment(acc.address, secret)
-        self.page("Set up two-step verification", enrolment_body(self, acc.address, secret, extra=self.next_field()))
+        why = (f"{acc.domain} requires two-step verification: set it up to finish signing in."
+               if t[1] is not None else None)
+        self.page("Set up two-step verification", enrolment_body(self, acc.address, secret, extra=self.next_field(),
+                                                                 notice=why))
 
     @allow_unauthenticated
     def post(self) -> None:

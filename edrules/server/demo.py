@@ -1,0 +1,55 @@
+"""One demo login per role for `edrules demo` (loopback only; the passwords are printed on purpose)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edrules.server.accounts import Accounts
+
+DEMO_DOMAIN = "northwind-traders.cz"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLogin:
+    address: str
+    role: str
+    domains: tuple[str, ...]
+    password: str
+
+
+def demo_logins(domain: str = DEMO_DOMAIN) -> tuple[DemoLogin, ...]:
+    return (
+        DemoLogin(f"lucie.cerna@{domain}", "user", (domain,), "demo-user-password"),
+        DemoLogin(f"admin@{domain}", "domain_admin", (domain,), "demo-admin-password"),
+        DemoLogin("support@msp.example", "provider", (domain,), "demo-provider-password"),
+    )
+
+
+def create_demo_logins(state_dir: str | Path, domain: str = DEMO_DOMAIN) -> tuple[DemoLogin, ...]:
+    """Create the demo accounts (idempotent: an existing one gets its demo password back)."""
+    store = Accounts(state_dir)
+    logins = demo_logins(domain)
+    for login in logins:
+        if store.get(login.address) is None:
+            store.add(login.address, login.role, login.domains, login.password, actor="demo")  # type: ignore[arg-type]
+        else:
+            store.set_password(login.address, login.password, actor="demo")
+            store.set_disabled(login.address, False, actor="demo")
+            store.unlock(login.address, actor="demo")
+    return logins
+
+
+def serve_demo(state_dir: str | Path, *, db: str | Path | None, dashboards: str | Path, host: str = "127.0.0.1",
+               port: int = 8866, smtp: tuple[str, int] | None = None, echo=print) -> None:
+    """`edrules demo --serve`: create the demo logins, print them, serve the dashboards behind login."""
+    from edrules.server.app import run
+    from edrules.server.handlers import ServerContext
+
+    logins = create_demo_logins(state_dir)
+    echo("demo logins (one per role):")
+    for login in logins:
+        echo(f"  {login.role:<13} {login.address:<36} password: {login.password}")
+    ctx = ServerContext(accounts=Accounts(state_dir), state_dir=Path(state_dir), dashboards=Path(dashboards).resolve(),
+                        db=Path(db) if db else None, smtp=smtp)
+    run(ctx, host=host, port=port, echo=echo)
