@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from components import free_port
-from postfix import make_keys, make_pack
+from postfix import make_keys, make_pack, require_pymilter
 
 from edrules.auth.resolver import ZoneResolver
 from edrules.errors import EdrulesError
@@ -245,3 +245,15 @@ def test_a_message_retried_under_a_new_queue_id_is_held_once(tmp_path, pack, key
     g.store.mark_released(a.quarantined[0].id, "t", "cli")
     c = g.process(msg("ceo@corp.test"), queue_id="CCC3", **env)
     assert g.store.count(state=None) == 2 and c.quarantined[0].id != a.quarantined[0].id
+
+
+def test_listen_addresses_are_postfix_spelling_and_anything_else_is_a_clear_error():
+    require_pymilter()
+    from edrules.runtime.milter import Listen
+
+    assert Listen.parse("unix:/run/edrules/milter.sock").libmilter == "unix:/run/edrules/milter.sock"
+    assert Listen.parse("inet:127.0.0.1:8891").libmilter == "inet:8891@127.0.0.1"
+    assert str(Listen.parse("inet:[::1]:8891")) == "inet:::1:8891"
+    for bad in ("127.0.0.1:8891", "inet:127.0.0.1", "unix:", "tcp:x:1"):
+        with pytest.raises(EdrulesError, match="--listen must be unix:PATH or inet:HOST:PORT"):
+            Listen.parse(bad)
