@@ -141,3 +141,28 @@ def test_the_digest_cli_sends_once_per_schedule_and_sets_schedules(tmp_path, sin
     assert [m.rcpt_tos for m in sink.messages] == [["bob@corp.test"]]
     bad = run("--state", str(tmp_path))
     assert bad.returncode == 2 and "needs --smtp, --base-url" in bad.stderr
+
+
+def test_malware_is_listed_in_the_digest_without_release_or_trust_links(tmp_path, sink):
+    store = SqliteQuarantineStore(tmp_path)
+    key = release_key(tmp_path)
+    bad = _hold(store, 1, "bob@corp.test", "Your parcel", category="malware")
+    ok = _hold(store, 2, "bob@corp.test", "Newsletter")
+    [r] = send_digests(store, smtp=("127.0.0.1", sink.port), base_url=BASE, key=key, now=T0)
+    assert set(r.item_ids) == {bad.id, ok.id}
+    _, text, htm = _parts(sink.messages[0].data)
+    tokens = re.findall(r"token=([A-Za-z0-9_.%-]+)", text)
+    ids = {check_token(key, t.replace("%2E", "."), p).item_id for t in tokens for p in ("release", "trust")
+           if _ok(key, t, p)}
+    assert ids == {ok.id} and len(tokens) == 2
+    assert "Your parcel" in text and "never released from a link" in text and "never released from a link" in htm
+
+
+def _ok(key, token, purpose):
+    from edrules.runtime.tokens import TokenError
+
+    try:
+        check_token(key, token, purpose)
+        return True
+    except TokenError:
+        return False

@@ -141,3 +141,15 @@ def test_the_cli_trusts_an_item_and_lists_and_exports_the_override(tmp_path):
     assert parse_rules(out.read_text(), source=str(out)).allow[0].via.value == "sendgrid"
     audit = store.audit_log(item_id=item.id)[-1]
     assert (audit.actor, audit.action, audit.how) == ("support@gw", "trust", "cli")
+
+
+def test_a_message_the_from_domains_dmarc_disowns_cannot_be_trusted(tmp_path):
+    store = SqliteQuarantineStore(tmp_path)
+    raw = _raw("spf=pass smtp.mailfrom=x@em.sendgrid.net; dkim=pass header.d=sendgrid.net; "
+               "dmarc=fail (p=reject) header.from=brand.example")
+    facts = replace(_facts(raw, envelope_from="x@em.sendgrid.net", client_ip="198.51.100.7"), dmarc="fail",
+                    dmarc_policy="reject")
+    item = _quarantine(store, raw, facts)
+    with pytest.raises(EdrulesError, match=r"DMARC policy \(p=reject\) disowns this message"):
+        Overrides(tmp_path).trust(item, "bob")
+    assert not (tmp_path / "overrides.yaml").exists()

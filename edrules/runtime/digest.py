@@ -27,6 +27,9 @@ FREQUENCIES = {"daily": timedelta(days=1), "weekly": timedelta(days=7), "off": N
 DEFAULT_SUBJECT = "*"  # the schedule key for everyone without a user or domain schedule
 DEFAULT_FREQUENCY = "daily"
 DEFAULT_LINK_TTL = 7 * 24 * 3600
+# Categories a user may not let out alone (the pages refuse them too): listed without links.
+NO_SELF_SERVICE = frozenset({"malware"})
+_NO_LINK = "Malware is never released from a link: ask your administrator if you need it."
 # A cron job started at the same hour each day finds the last digest a few seconds short of
 # 24 h old; without slack it would send only every other day.
 _SLACK = timedelta(hours=1)
@@ -73,8 +76,11 @@ def _when(t: datetime | None) -> str:
 def build_digest(items: Sequence[QuarantineItem], recipient: str, *, key: bytes, base_url: str,
                  sender: str, now: datetime, ttl_seconds: int = DEFAULT_LINK_TTL) -> EmailMessage:
     """The digest mail (plain text + HTML) for one recipient's items."""
-    rows = []
+    rows: list[tuple[QuarantineItem, str | None, str | None]] = []
     for it in items:
+        if it.category in NO_SELF_SERVICE:  # listed so the user knows, but no link to let it out
+            rows.append((it, None, None))
+            continue
         rows.append((it, _link(base_url, RELEASE_PATH, make_token(key, "release", it.id, recipient, ttl_seconds)),
                      _link(base_url, TRUST_PATH, make_token(key, "trust", it.id, recipient, ttl_seconds))))
     expires = _when(now + timedelta(seconds=ttl_seconds))
@@ -86,14 +92,14 @@ def build_digest(items: Sequence[QuarantineItem], recipient: str, *, key: bytes,
         text += [f"From:    {it.header_from or it.envelope_from or '(unknown)'}",
                  f"Subject: {it.subject or '(no subject)'}",
                  f"Date:    {_when(it.date or it.quarantined_at)}",
-                 f"Reason:  {it.reason}",
-                 f"Release: {rel}",
-                 f"Trust sender: {tru}", ""]
+                 f"Reason:  {it.reason}"]
+        text += ([f"Release: {rel}", f"Trust sender: {tru}"] if rel else [_NO_LINK]) + [""]
     e = html.escape
     trs = "".join(
         f"<tr><td>{e(it.header_from or it.envelope_from or '(unknown)')}</td><td>{e(it.subject or '(no subject)')}</td>"
         f"<td>{e(_when(it.date or it.quarantined_at))}</td><td>{e(it.reason)}</td>"
-        f"<td><a href=\"{e(rel)}\">Release</a> · <a href=\"{e(tru)}\">Trust sender</a></td></tr>"
+        + (f"<td><a href=\"{e(rel)}\">Release</a> · <a href=\"{e(tru)}\">Trust sender</a></td></tr>" if rel
+           else f"<td>{e(_NO_LINK)}</td></tr>")
         for it, rel, tru in rows)
     body = (f"<html><body><p>{n} message{'s' if n != 1 else ''} addressed to {e(recipient)} held in quarantine.</p>"
             "<p>Each link opens a confirmation page; nothing happens until you confirm there. "

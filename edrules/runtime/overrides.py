@@ -49,6 +49,10 @@ def _under(domain: str | None, suffixes: tuple[str, ...]) -> bool:
 def choose_via(item: QuarantineItem, catalog: Catalog) -> tuple[str, str]:
     """(via value, why) for trusting `item`'s sender; EdrulesError when nothing authenticated."""
     auth = dict(item.auth or {})
+    if auth.get("dmarc") == "fail" and auth.get("dmarc_policy") in ("quarantine", "reject"):
+        # Pairs never match such a From (docs/rules.md): an entry would change nothing.
+        raise EdrulesError(f"cannot trust the sender of {item.id}: the From domain's DMARC policy "
+                           f"(p={auth['dmarc_policy']}) disowns this message, so no allow entry may let it through")
     spf_pass = auth.get("spf") == "pass"
     env_domain = auth.get("envelope_from_domain") or (
         item.envelope_from.rpartition("@")[2].lower() if item.envelope_from and "@" in item.envelope_from else None)

@@ -261,7 +261,10 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None, datetime | None]:
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses, parsedate_to_datetime
 
-    msg = BytesHeaderParser().parsebytes(raw)
+    # Only the header block goes to the parser: feeding the whole message makes it split the
+    # body into lines too (~3 ms for a 30 KB message, more than the fsyncs cost in CPU).
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    msg = BytesHeaderParser().parsebytes(raw[: min(ends) + 2] if ends else raw)
 
     def text(name: str) -> str | None:
         v = msg.get(name)
@@ -315,7 +318,11 @@ class SqliteQuarantineStore:
         self.db_path = self.state_dir / "quarantine.sqlite"
         try:
             self.messages_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.state_dir, 0o700)
+            # Quarantined mail is private: the messages and the index, not the state directory
+            # itself (the milter may keep a socket there that the MTA must reach).
+            os.chmod(self.messages_dir, 0o700)
+            if not self.db_path.exists():
+                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite keeps -wal/-shm alike
         except OSError as exc:
             raise EdrulesError(f"cannot create state directory: {exc.strerror}", Location(str(self.state_dir))) from None
         self._local = threading.local()
