@@ -62,6 +62,13 @@ class _TokenPage(BaseHandler):
         """(claims, item) or None after rendering the refusal page."""
         from edrules.runtime.tokens import TokenError, check_token
 
+        if not token:
+            # No link at all: this is not a Quick Release, just a page that needs a sign-in.
+            if self.request.method == "GET":
+                self.redirect(self.login_url_for(f"{self.base}voila/render/quarantine.ipynb"))
+            else:
+                self.refused("altered", 403)
+            return None
         store = self.site.store()
         try:
             claims = check_token(self.site.release_key(), token, self.purpose, store=store)

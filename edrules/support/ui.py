@@ -32,7 +32,8 @@ CSS = """
 .edr-badge.malware{background:#6b3fa0}.edr-badge.phishing{background:#b33a3a}.edr-badge.spam{background:#e08a2c}
 .edr-badge.forgery{background:#c0392b}.edr-badge.block{background:#444}.edr-badge.bulk{background:#2f6db3}
 .edr-badge.deliver{background:#4c9a5a}.edr-badge.quarantine{background:#e08a2c}.edr-badge.reject{background:#b33a3a}
-.edr-badge.released{background:#4c9a5a}.edr-badge.deleted{background:#9a9a9a}
+.edr-badge.released{background:#4c9a5a}.edr-badge.ok{background:#4c9a5a}.edr-badge.info{background:#2f6db3}
+.edr-badge.warning{background:#e08a2c}.edr-badge.error{background:#b33a3a}.edr-badge.deleted{background:#9a9a9a}
 table.edr-t{border-collapse:collapse;width:100%}table.edr-t td,table.edr-t th{border-bottom:1px solid #e3e7ed;padding:.3rem .45rem;text-align:left;vertical-align:top;font-size:.92em}
 table.edr-t th{color:#5b6675;font-size:.8em;text-transform:uppercase}
 .edr-count{font-size:1.6em;font-weight:700;display:block}.edr-num{display:inline-block;min-width:130px;margin-right:1rem}
@@ -576,7 +577,7 @@ class WizardPage:
         except EdrulesError as exc:
             self.dns_out.value = _error_html(exc)
             return
-        rows = [[badge(str(f.severity).replace("ok", "deliver") if str(f.severity) == "ok" else str(f.severity)),
+        rows = [[badge(str(f.severity)),
                  e(f.area), e(f.message), f"<code>{e(f.suggestion)}</code>" if f.suggestion else ""] for f in rep.findings]
         self.dns_out.value = (f'<p>overall: <b data-key="dns-worst">{e(rep.worst)}</b></p>'
                               + table(["", "area", "finding", "record to publish"], rows))
