@@ -218,6 +218,8 @@ def test_trust_sender_from_the_report_shows_what_the_entry_lets_through_before_a
     text = page.inner_text(".edr-trust-preview")
     assert "allow sender donotreply@someotpsite.cz via amazonses [user:martin.kral@northwind-traders.cz]" in text
     assert "Lets through" in text and "Still checked" in text
+    assert page.inner_text(".edr-trust-preview [data-key=trust-newly-delivered]") == "15"
+    assert page.inner_text(".edr-trust-preview [data-key=trust-forged]") == "0"
     assert env["site"].overrides().entries() == ()  # nothing added before the confirmation
     shot(env, page, "support-trust-preview.png")
     page.click(".edr-trust-confirm")

@@ -95,6 +95,8 @@ def test_trust_sender_adds_a_pair_via_the_authenticated_network_and_the_preview_
     pv = qv.trust_preview(site, otp)
     assert (pv.sender, pv.via, pv.scope) == ("donotreply@someotpsite.cz", "amazonses", f"user:{MARTIN.address}")
     assert "authenticates through the amazonses network" in pv.lets_through
+    assert qv.trust_blast_radius(site, otp, pv) == {"newly_delivered": 15, "forged": 0, "by_label": {"ham": 15},
+                                                    "dataset": "demo"}
     out = qv.trust_one(site, store, MARTIN, otp.id, how="test")
     assert out.ok and "via amazonses" in out.message
     [entry] = site.overrides().entries()
@@ -145,3 +147,11 @@ def test_a_provider_sees_all_its_customers_domains(site):
     assert qv.get_item(store, OTHER_ADMIN, other.id).recipient == "bob@other-customer.test"
     with pytest.raises(qv.NotAllowed):
         qv.get_item(store, ADMIN, other.id)
+
+
+def test_the_trust_preview_measures_that_a_parcel_pair_via_ses_would_also_let_phishing_in(site):
+    store = site.store()
+    parcel = next(i for i in qv.list_page(store, EVA, q(search="parcelzone")).items if i.category == "forgery")
+    pv = qv.trust_preview(site, parcel)
+    radius = qv.trust_blast_radius(site, parcel, pv)
+    assert pv.via == "amazonses" and radius["by_label"].get("phishing") == 3 and radius["forged"] == 3

@@ -298,3 +298,24 @@ def summarize(items: Sequence[Any]) -> dict[str, int]:
     for i in items:
         out[i.category] = out.get(i.category, 0) + 1
     return out
+
+
+def trust_blast_radius(site: "Site", item: Any, preview: TrustPreview) -> dict[str, Any] | None:
+    """What the previewed entry would have delivered on the domain's history (the workbench's
+    what-if of the current pack plus that one entry), or None without a history dataset."""
+    from edrules.rules.parse import parse_rules
+
+    cfg = site.config(item.recipient_domain)
+    if site.dataset_db is None or not cfg.dataset or not site.dataset_db.exists():
+        return None
+    from edrules.workbench import Workbench
+
+    current = site.current_policy(item.recipient_domain)
+    text = (f"name: preview\nallow:\n  - id: trust-preview\n    sender: {preview.sender}\n"
+            f"    via: {preview.via}\n    scope: {preview.scope}\n")
+    extra = parse_rules(text, source="trust preview")
+    candidate = replace(current, allow=current.allow + extra.allow, providers={**current.providers, **extra.providers})
+    with Workbench(site.dataset_db, dataset=cfg.dataset) as wb:
+        c = wb.whatif(current, candidate).counts()
+    return {"newly_delivered": c["newly_delivered"], "forged": c["newly_delivered_forged"],
+            "by_label": c["newly_delivered_by_label"], "dataset": cfg.dataset}

@@ -305,6 +305,17 @@ class QuarantinePage:
             except EdrulesError as exc:
                 msg.value = _error_html(exc)
                 return
+            radius = qv.trust_blast_radius(self.site, it, pv)
+            if radius is None:
+                history = '<p class="edr-muted">No history dataset for this domain: the effect cannot be measured.</p>'
+            else:
+                labels = ", ".join(f"{k} {v}" for k, v in sorted(radius["by_label"].items())) or "nothing"
+                bad = radius["forged"] + radius["by_label"].get("phishing", 0) + radius["by_label"].get("malware", 0)
+                history = (f'<p class="{"edr-err" if bad else "edr-ok"} edr-trust-history">On your history ({e(radius["dataset"])}) '
+                           f'this entry would have delivered <b data-key="trust-newly-delivered">{radius["newly_delivered"]}</b> '
+                           f'more messages ({e(labels)}); forged From among them: <b data-key="trust-forged">{radius["forged"]}</b>.'
+                           + (" Think twice: this sender's address is also used by attackers on the same network." if bad else "")
+                           + "</p>")
             add = w.Button(description="Add this entry", button_style="primary")
             add.add_class("edr-trust-confirm")
 
@@ -317,7 +328,7 @@ class QuarantinePage:
             confirm.children = [w.HTML(
                 f'<div class="edr-card edr-trust-preview"><b>Entry:</b> <code>allow sender {e(pv.sender)} via {e(pv.via)} '
                 f'[{e(pv.scope)}]</b></code><p class="edr-muted">{e(pv.why)}</p><p><b>Lets through:</b> {e(pv.lets_through)}</p>'
-                f'<p><b>Still checked:</b> {e(pv.still_checked)}</p></div>'), add]
+                f'<p><b>Still checked:</b> {e(pv.still_checked)}</p>{history}</div>'), add]
 
         def do_delete(_b):
             delete.disabled = True
