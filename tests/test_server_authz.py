@@ -394,3 +394,26 @@ def test_code_requests_look_the_same_for_unknown_addresses_and_are_rate_limited(
         b.post("/login/code", {"address": "user@b.test"}, page=page.text)
     time.sleep(0.5)
     assert sink.count_to("user@b.test") - before == 2, "3 codes per address per 10 minutes"
+
+
+def test_a_relay_that_is_down_gives_a_clear_page_not_a_crash(tmp_path):
+    from components import free_port
+
+    add_accounts(tmp_path, [("u@a.test", "user", ())])
+    served = start_serve(tmp_path, smtp_port=free_port())  # nothing listens there
+    try:
+        b = Browserish(served.url)
+        page = b.get("/login/code")
+        r = b.post("/login/code", {"address": "u@a.test"}, page=page.text)
+        assert r.status_code == 503 and "could not be sent right now" in r.text
+    finally:
+        stop_pid(served.proc.pid)
+
+
+def test_without_a_relay_the_login_page_offers_no_emailed_code(tmp_path):
+    add_accounts(tmp_path, [("u@a.test", "user", ())])
+    served = start_serve(tmp_path)
+    try:
+        assert "E-mail me a sign-in code" not in Browserish(served.url).get("/login").text
+    finally:
+        stop_pid(served.proc.pid)

@@ -163,6 +163,21 @@ def test_passwordless_sign_in_with_the_magic_link_needs_the_press_of_its_button(
     assert not any(c["name"] == "edrules_session" for c in page.context.cookies())
     page.click("#magic-sign-in")
     page.wait_for_url(re.compile(r"/home$"))
+    ctx2 = world["browser"].new_context()
+    try:
+        again = ctx2.new_page()
+        again.goto(link)
+        again.click("#magic-sign-in")
+        assert "This link no longer works" in again.inner_text("main"), "single use"
+        shot(again, "magic-link-used")
+    finally:
+        ctx2.close()
+    page.goto(world["url"] + "logout")
+    shot(page, "logout")
+    page.click("main button:has-text('Sign out')")
+    page.wait_for_url(re.compile(r"/login$"))
+    page.goto(world["url"] + "home")
+    assert "/login" in page.url
 
 
 def test_oidc_sign_in_through_the_providers_page(world, page):

@@ -9,6 +9,7 @@ session id with stage 'ok' (a new id, so a pre-login cookie can never become a s
 from __future__ import annotations
 
 import asyncio
+import smtplib
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
@@ -83,14 +84,13 @@ def login_form(h: LoginFlow, *, error: str | None = None, notice: str | None = N
         f'<a class="button secondary" href="{e(h.base)}login/oidc/{e(p.name)}?next={e(web.escape.url_escape(h.next_url()))}">'
         f"Sign in with {e(p.label)}</a> " for p in h.ctx.oidc)
     providers = f'<p class="or">or</p><div class="providers">{buttons}</div>' if buttons else ""
+    code = (f'<p class="or">or</p><p style="text-align:center"><a class="button secondary" href="{e(h.base)}login/code'
+            f'?next={e(web.escape.url_escape(h.next_url()))}">E-mail me a sign-in code</a></p>') if h.ctx.smtp else ""
     return f"""<div class="card narrow"><h1>Sign in</h1>{message(error, notice)}
 <form method="post" action="{e(h.base)}login">{h.forms()}{h.next_field()}
 <label for="address">E-mail address</label><input type="email" id="address" name="address" value="{e(address)}" autocomplete="username" required autofocus>
 <label for="password">Password</label><input type="password" id="password" name="password" autocomplete="current-password" required>
-<button type="submit">Sign in</button></form>
-<p class="or">or</p>
-<p style="text-align:center"><a class="button secondary" href="{e(h.base)}login/code?next={e(web.escape.url_escape(h.next_url()))}">E-mail me a sign-in code</a></p>
-{providers}</div>"""
+<button type="submit">Sign in</button></form>{code}{providers}</div>"""
 
 
 class LoginHandler(LoginFlow):
@@ -332,7 +332,14 @@ class CodeRequestHandler(LoginFlow):
             token, code = issued
             root = (self.ctx.public_url or f"{self.request.protocol}://{self.request.host}{self.base}").rstrip("/")
             link = f"{root}/login/magic?t={token}&next={web.escape.url_escape(self.next_url())}"
-            send_login_code(self.ctx.smtp, self.ctx.mail_from, address, link, code)
+            try:
+                send_login_code(self.ctx.smtp, self.ctx.mail_from, address, link, code)
+            except (EdrulesError, OSError, smtplib.SMTPException) as exc:
+                self.accounts.audit(address, "code.send_failed", address, f"{type(exc).__name__}: {exc}"[:200],
+                                    self.client_ip)
+                self.page("E-mailed code", self.form("The sign-in mail could not be sent right now; try again "
+                                                     "later or sign in with your password.", address), status=503)
+                return
         # The same answer whether or not the address has an account: no account discovery here.
         self.page("Check your mail", f"""<div class="card narrow"><h1>Check your mail</h1>
 <p>If <b>{e(address)}</b> has an account, a sign-in link and code are on their way. Open the link, or type the code here.</p>
