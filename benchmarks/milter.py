@@ -21,7 +21,6 @@ import os
 import shutil
 import smtplib
 import socket
-import statistics
 import struct
 import subprocess
 import sys

@@ -511,6 +511,3 @@ def _norm_rcpt(r: str) -> str:
 
     return normalize_address(r.strip().strip("<>")) or r
 
-
-def message_sha256(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
