@@ -21,7 +21,6 @@ import os
 import shutil
 import smtplib
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -38,8 +37,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the Postfix / milter fixtures the tes
 from postfix import MilterProcess, Postfix, SmtpSink, make_keys, make_pack, shared_tmpdir  # noqa: E402
 
 from components import free_port  # noqa: E402
-from edrules.ingest.extract import facts_from_bytes  # noqa: E402
-from edrules.ingest.trust import TrustConfig  # noqa: E402
 
 TENANT = ROOT / "data" / "demo-tenant"
 TENANT_GATEWAY = "mx1.northwind-traders.cz"
@@ -60,14 +57,15 @@ class Msg:
 def corpus(copies: int) -> list[Msg]:
     """The demo tenant's mail with the envelope its gateway recorded (Return-Path, Delivered-To,
     the trusted Received hop), `copies` times (each copy a distinct message)."""
-    trust = TrustConfig(authserv_ids=frozenset({TENANT_GATEWAY}), auto_detect=False)
+    from edrules.runtime.gateway import recorded_envelope
+
     base = []
     for p in sorted(TENANT.glob("*/*.eml")):
         raw = p.read_bytes()
-        f = facts_from_bytes(raw, trust=trust).facts
-        if not f.recipients or not all(r.endswith("@" + TENANT_DOMAIN) for r in f.recipients):
+        e = recorded_envelope(raw, TENANT_GATEWAY)
+        if not e.rcpts or not all(r.endswith("@" + TENANT_DOMAIN) for r in e.rcpts):
             continue
-        base.append(Msg(raw, f.envelope_from or "", f.recipients, f.client_ip or "192.0.2.1", f.helo or "unknown"))
+        base.append(Msg(raw, e.mail_from, e.rcpts, e.client_ip or "192.0.2.1", e.helo or "unknown"))
     out = []
     for c in range(copies):
         for m in base:

@@ -392,8 +392,14 @@ class MilterProcess:
             time.sleep(0.1)
         return None
 
+    def cleanup(self) -> None:
+        """Stop, then remove the socket directory (and the log in it)."""
+        self.stop()
+        if os.environ.get("EDRULES_KEEP_POSTFIX") is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def __enter__(self) -> "MilterProcess":
         return self.start()
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.cleanup()

@@ -257,3 +257,18 @@ def test_listen_addresses_are_postfix_spelling_and_anything_else_is_a_clear_erro
     for bad in ("127.0.0.1:8891", "inet:127.0.0.1", "unix:", "tcp:x:1"):
         with pytest.raises(EdrulesError, match="--listen must be unix:PATH or inet:HOST:PORT"):
             Listen.parse(bad)
+
+
+def test_the_demo_tenant_replays_through_the_gateway_with_its_recorded_envelope(tmp_path, keys):
+    from edrules.runtime.gateway import recorded_envelope
+
+    pack = make_pack((ROOT / "data" / "rules" / "current.yaml").read_text(), tmp_path / "cur.json", keys[0])
+    g = Gateway(pack, keys[1], tmp_path / "state", trusted_authserv=["mx1.northwind-traders.cz"])
+    raw = (TENANT / "ham" / "20250901-060412-0008-ses_otp.eml").read_bytes()
+    env = recorded_envelope(raw, "mx1.northwind-traders.cz")
+    assert env.rcpts == ("martin.kral@northwind-traders.cz",) and env.client_ip == "54.240.76.106"
+    d = g.process(raw, mail_from=env.mail_from, rcpts=env.rcpts, client_ip=env.client_ip, helo=env.helo)
+    # ticket 4711: the allow entry names the From, but strict compares the envelope (amazonses.com)
+    assert d.outcome is Outcome.DISCARD and d.recipients[0].verdict.rule_id == "from_policy:strict"
+    (item,) = d.quarantined
+    assert g.store.get(item.id).recipient == "martin.kral@northwind-traders.cz"

@@ -6,6 +6,7 @@ Every test drives real SMTP: client -> postfix (smtpd_milters = our unix socket)
 from __future__ import annotations
 
 import json
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -85,7 +86,7 @@ class Rig:
 
     def close(self) -> None:
         self.postfix.__exit__(None, None, None)
-        self.milter.stop()
+        self.milter.cleanup()
         self.sink.__exit__(None, None, None)
 
     def send(self, raw: bytes, mail_from: str, rcpts=("bob@corp.test", "carol@corp.test")):
@@ -289,6 +290,7 @@ def test_milter_down_means_the_client_is_told_to_retry(tmp_path):
             pf.send(raw, "alice@friend.example", ["bob@corp.test"])
         assert 400 <= exc.value.smtp_code < 500
         assert sink.wait_for(1, timeout=2) == []
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # -- reload and crash: their own milter, so the shared rig keeps its pack -----------------------

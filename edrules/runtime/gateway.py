@@ -484,6 +484,25 @@ class Gateway:
         return held + (list(store.add(clean, new, **kw)) if new else [])
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What an MTA would hand the gateway for a message: MAIL FROM, RCPT TO, client IP, HELO."""
+
+    mail_from: str
+    rcpts: tuple[str, ...]
+    client_ip: str | None
+    helo: str | None
+
+
+def recorded_envelope(raw: bytes, gateway_id: str) -> Envelope:
+    """The envelope a trusted gateway recorded in a stored message (Return-Path, Delivered-To /
+    X-Original-To, its Received hop): how `edrules demo` and the benchmark replay saved mail
+    through Gateway.process without SMTP."""
+    trust = TrustConfig(authserv_ids=frozenset({gateway_id}), auto_detect=False)
+    f = facts_from_bytes(raw, trust=trust).facts
+    return Envelope(f.envelope_from or "", tuple(r for r in f.recipients if r), f.client_ip, f.helo)
+
+
 _RELEASE_HEADER = "X-EDRules-Release"  # = edrules.runtime.release.RELEASE_HEADER (kept import-free)
 
 
@@ -492,6 +511,3 @@ def _norm_rcpt(r: str) -> str:
 
     return normalize_address(r.strip().strip("<>")) or r
 
-
-def message_sha256(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()

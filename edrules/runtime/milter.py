@@ -20,7 +20,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import Milter
 
@@ -126,7 +125,7 @@ class EdrulesMilter(Milter.Base):
         qid = self.queue_id or self.getsymval("i")
         return bool(qid) and f"id {qid}".encode() in value
 
-    @Milter.noreply
+    @Milter.nocallback  # nothing to do there: one callback (~30 µs) less per message
     def eoh(self):
         return Milter.CONTINUE
 
