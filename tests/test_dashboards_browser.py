@@ -435,3 +435,22 @@ def test_the_wizard_opens_at_first_login_and_its_what_if_equals_the_workbench_th
     page.goto(env["base"] + "support")  # configured now: the landing is the quarantine report
     page.wait_for_selector(".edr-rows", timeout=120_000)
     assert "/voila/render/quarantine.ipynb" in page.url
+
+
+def test_bulk_delete_from_the_report_acts_on_the_selected_rows_only(browser, env):
+    page = open_dashboard(signed_in(browser, env, MARTIN), env, "quarantine", ".edr-row")
+    page.select_option(".widget-dropdown:has-text('category') select", "spam")
+    page.wait_for_function("document.querySelectorAll('.edr-row').length > 3 && "
+                           "[...document.querySelectorAll('.edr-row')].every(r => r.innerText.includes('spam'))")
+    rows = page.locator(".edr-row")
+    chosen = [rows.nth(i).locator("[data-id]").get_attribute("data-id") for i in (0, 1)]
+    untouched = rows.nth(2).locator("[data-id]").get_attribute("data-id")
+    for i in (0, 1):
+        rows.nth(i).locator("input[type=checkbox]").check()
+    page.select_option(".widget-dropdown:has(option[value=delete]) select", "delete")
+    page.click(".edr-bulk")
+    page.wait_for_selector(".edr-bulk-result")
+    assert "delete: 2 of 2 done" in page.inner_text(".edr-bulk-result")
+    shot(env, page, "support-quarantine-bulk.png")
+    assert [env["store"].get(i).state for i in chosen] == ["deleted", "deleted"]
+    assert env["store"].get(untouched).state == "quarantined"
