@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "edrules.demo:demo",
     "serve": "edrules.server.cli:serve",
     "users": "edrules.server.cli:users",
+    "milter": "edrules.runtime.milter_cli:milter",
     "quarantine": "edrules.runtime.cli_quarantine:quarantine",
     "overrides": "edrules.runtime.cli_quarantine:overrides",
     "digest": "edrules.runtime.cli_quarantine:digest",
