@@ -31,4 +31,4 @@ bench: install-test
 	$(BIN)/python -m benchmarks.ingest
 
 clean:
-	rm -rf $(VENV) $(DB) $(DB).wal data/packs
+	rm -rf $(VENV) $(DB) $(DB).wal data/packs data/state

@@ -182,6 +182,20 @@ def whatif_report(r: Run) -> None:
             r.echo(f"  {line}")
 
 
+def gateway_run(r: Run) -> None:
+    """The demo tenant's mail through the gateway runtime (the milter's own decision code),
+    filling the quarantine the dashboards show; the current pack is deployed for the tenant."""
+    from edrules.support.demo_site import DEMO_MAILBOX_PORT, prepare_demo_site
+
+    prepare_demo_site(state_dir(r.db), db=r.db, pack=r.packs / "current.json", keys=r.packs / "keys",
+                      tenant=r.tenant, next_hop=f"127.0.0.1:{DEMO_MAILBOX_PORT}", echo=r.echo)
+
+
+def state_dir(db: Path) -> Path:
+    """The demo gateway's and web server's state (quarantine, accounts), next to the dataset."""
+    return Path(db).parent / "state"
+
+
 STEPS: tuple[Step, ...] = (
     Step("tenant", "demo tenant (edrules synth)", ensure_tenant),
     Step("sample", "ingest data/sample -> dataset 'sample'", ingest_sample),
@@ -191,6 +205,7 @@ STEPS: tuple[Step, ...] = (
     Step("rules", "example rules over the demo tenant (recipients)", compare_rules),
     Step("packs", "compile and sign the example packs", compile_packs),
     Step("whatif", "what-if: current policy -> aligned From-policy, per recipient", whatif_report),
+    Step("gateway", "the demo tenant's mail through the gateway runtime -> quarantine", gateway_run),
 )
 
 
@@ -229,19 +244,26 @@ def demo(db: Path, tenant: Path, sample: Path, rules: Path, jobs: int | None, se
 
 
 def serve_dashboards(db: Path, port: int) -> None:
-    """Voila on loopback only, one page per notebook in dashboards/."""
-    import os
-    import subprocess
-    import sys
+    """`edrules serve` on loopback behind login, with the demo's downstream mailbox running."""
+    from edrules.server.demo import serve_demo
+    from edrules.support.demo_site import DEMO_MAILBOX_PORT, DemoMailbox
 
-    dashboards = DATA.parent / "dashboards"
-    env = dict(os.environ, EDRULES_DB=str(Path(db).resolve()))
-    click.echo(f"serving {dashboards} on http://127.0.0.1:{port}/ (Ctrl-C stops)")
-    for page in sorted(dashboards.glob("*.ipynb")):
-        click.echo(f"  http://127.0.0.1:{port}/voila/render/{page.name}")
-    cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-           str(dashboards)]
+    state = state_dir(db)
     try:
-        subprocess.run(cmd, env=env, check=False)
+        mailbox = DemoMailbox(state)
+        mailbox.__enter__()
+    except OSError as exc:
+        mailbox = None
+        click.echo(f"warning: the demo mailbox cannot listen on 127.0.0.1:{DEMO_MAILBOX_PORT} ({exc.strerror}); "
+                   "releases and e-mailed codes will fail until it can", err=True)
+    if mailbox is not None:
+        click.echo(f"demo mailbox on 127.0.0.1:{DEMO_MAILBOX_PORT}: released mail and sign-in codes "
+                   f"are filed in {mailbox.folder}")
+    try:
+        serve_demo(state, db=db, dashboards=DATA.parent / "dashboards", port=port,
+                   smtp=("127.0.0.1", DEMO_MAILBOX_PORT), echo=click.echo)
     except KeyboardInterrupt:
         pass
+    finally:
+        if mailbox is not None:
+            mailbox.__exit__(None, None, None)

@@ -133,7 +133,9 @@ def server_config(ctx: ServerContext, *, host: str, port: int) -> Config:
     c.ServerApp.port_retries = 50
     c.ServerApp.open_browser = False
     c.ServerApp.root_dir = str(ctx.dashboards)
-    c.ServerApp.default_url = "/home"
+    # With a support site (STATE/support.yaml), sign-ins land on /support: the quarantine
+    # report, or the policy wizard at a domain admin's first login.
+    c.ServerApp.default_url = "/support" if (ctx.state_dir / "support.yaml").exists() else "/home"
     c.ServerApp.identity_provider_class = EdrulesIdentityProvider
     c.ServerApp.authorizer_class = EdrulesAuthorizer
     c.ServerApp.kernel_manager_class = EdrulesKernelManager

@@ -19,10 +19,11 @@ class DemoLogin:
 
 
 def demo_logins(domain: str = DEMO_DOMAIN) -> tuple[DemoLogin, ...]:
+    # Martin is the user of the story: his OTP mail is in the demo quarantine.
     return (
-        DemoLogin(f"lucie.cerna@{domain}", "user", (domain,), "demo-user-password"),
-        DemoLogin(f"admin@{domain}", "domain_admin", (domain,), "demo-admin-password"),
-        DemoLogin("support@msp.example", "provider", (domain,), "demo-provider-password"),
+        DemoLogin(f"martin.kral@{domain}", "user", (domain,), "demo-martin-pass"),
+        DemoLogin(f"admin@{domain}", "domain_admin", (domain,), "demo-admin-pass"),
+        DemoLogin("ops@provider.example", "provider", (domain, "exchangedefenderdemo.com"), "demo-provider-pass"),
     )
 
 

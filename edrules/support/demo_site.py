@@ -12,16 +12,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from edrules.server.demo import create_demo_logins, demo_logins
 from edrules.support.site import load_site, write_site_config
 
 TENANT = "northwind-traders.cz"
 TENANT_GATEWAY = "mx1.northwind-traders.cz"
-# Demo sign-ins, printed by the demo; they exist only in the demo state dir.
-DEMO_ACCOUNTS = (
-    ("admin@northwind-traders.cz", "domain_admin", (TENANT,), "demo-admin-pass"),
-    ("martin.kral@northwind-traders.cz", "user", (TENANT,), "demo-martin-pass"),
-    ("ops@provider.example", "provider", (TENANT, "exchangedefenderdemo.com"), "demo-provider-pass"),
-)
+# Demo sign-ins (edrules.server.demo), printed by the demo; they exist only in the demo state dir.
+DEMO_ACCOUNTS = tuple((d.address, d.role, d.domains, d.password) for d in demo_logins(TENANT))
 LABELS = ("ham", "spam", "phishing", "malware")
 
 
@@ -53,13 +50,8 @@ def prepare_demo_site(state: Path, *, db: Path, pack: Path, keys: Path, tenant: 
     counts = fill_quarantine(site, tenant)
     echo(f"  quarantine: {counts['held']} recipient items from {counts['messages']} messages "
          f"(of {counts['seen']}) through the gateway runtime, in {state}")
-    from edrules.server.accounts import Accounts
-
-    accounts = Accounts(state)
-    for address, role, domains, password in DEMO_ACCOUNTS:
-        if accounts.get(address) is None:
-            accounts.add(address, role, domains, password, actor="demo")
-        echo(f"  sign in as {address} / {password} ({role})")
+    for login in create_demo_logins(state, TENANT):
+        echo(f"  sign in as {login.address} / {login.password} ({login.role})")
     return counts
 
 
@@ -87,3 +79,35 @@ def fill_quarantine(site, tenant: Path) -> dict[str, int]:
                 messages += 1
                 held += len(d.quarantined)
     return {"seen": seen, "messages": messages, "held": held}
+
+
+DEMO_MAILBOX_PORT = 10026  # the demo's next hop: where released mail and sign-in codes are delivered
+
+
+class DemoMailbox:
+    """The demo's downstream mail server: a real SMTP server (aiosmtpd) on 127.0.0.1 that files
+    every message it accepts under STATE/mailbox/, so a release or an e-mailed sign-in code
+    can be read there. Stand-in for the tenant's mailbox server, not for any edrules part."""
+
+    def __init__(self, state: Path, port: int = DEMO_MAILBOX_PORT):
+        from aiosmtpd.controller import Controller
+
+        self.folder = Path(state) / "mailbox"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.controller = Controller(self, hostname="127.0.0.1", port=port)
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        import time
+
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(self.folder.iterdir())):04d}.eml"
+        head = f"X-Demo-Envelope: from <{envelope.mail_from}> to {', '.join(envelope.rcpt_tos)}\r\n".encode()
+        (self.folder / name).write_bytes(head + bytes(envelope.content))
+        return "250 OK filed in the demo mailbox"
+
+    def __enter__(self) -> "DemoMailbox":
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
