@@ -48,9 +48,14 @@ def serve_demo(state_dir: str | Path, *, db: str | Path | None, dashboards: str 
     from edrules.server.handlers import ServerContext
 
     logins = create_demo_logins(state_dir)
-    echo("demo logins (one per role):")
-    for login in logins:
-        echo(f"  {login.role:<13} {login.address:<36} password: {login.password}")
+
+    def echo_then_logins(line: str) -> None:
+        echo(line)
+        if line.startswith("edrules: serving"):  # last, below the server's start-up log
+            echo("demo logins (one per role):")
+            for login in logins:
+                echo(f"  {login.role:<13} {login.address:<36} password: {login.password}")
+
     ctx = ServerContext(accounts=Accounts(state_dir), state_dir=Path(state_dir), dashboards=Path(dashboards).resolve(),
                         db=Path(db) if db else None, smtp=smtp)
-    run(ctx, host=host, port=port, echo=echo)
+    run(ctx, host=host, port=port, echo=echo_then_logins)
