@@ -301,3 +301,19 @@ def test_storing_any_bytes_never_crashes_and_gives_them_back_unchanged(tmp_path_
     [item] = store.add(raw, [QuarantinedRecipient("bob@corp.test", "spam", "r")], envelope_from=None, client_ip=None,
                        helo=None, queue_id=None, pack_name=None, pack_version=None)
     assert store.raw(item.id) == raw
+
+
+def test_a_message_stored_with_bare_lf_line_ends_is_released_as_crlf_lines_and_still_verifies(store, sink):
+    """SMTP carries CRLF lines: bare LF reached the next hop as one over-long line and was refused."""
+    body = b"".join(b"line %d of a long body\n" % i for i in range(400))
+    raw = b"From: news@brand.example\nTo: bob@corp.test\nSubject: lf\n\n" + body
+    [item] = store.add(raw, [QuarantinedRecipient("bob@corp.test", "spam", "spam", "category:spam")],
+                       envelope_from="bounce@brand.example", client_ip="192.0.2.10", helo="mx.brand.example",
+                       queue_id="LF1", pack_name="acme", pack_version="7")
+    key = release_key(store.state_dir)
+    out = release(store, item.id, next_hop=("127.0.0.1", sink.port), actor="a", how="cli", key=key)
+    assert out.ok, out
+    [got] = sink.messages
+    assert b"line 399 of a long body" in got.data
+    values, rest = strip_release_headers(got.data)
+    assert verify_release_header(key, values[0], rest, "bob@corp.test")

@@ -239,8 +239,10 @@ def release(store: QuarantineStore, item_id: str, *, next_hop: tuple[str, int], 
     try:
         raw = store.raw(item_id)
         header = sign_release_header(key, item, raw)
-        eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-        data = f"{RELEASE_HEADER}: {header}".encode() + eol + raw
+        # SMTP carries CRLF lines (smtplib sends bytes as given): a message stored with bare LF
+        # would reach the next hop as one over-long line. The header's MAC reads normalised
+        # line ends, so it still verifies.
+        data = re.sub(rb"\r?\n", b"\r\n", f"{RELEASE_HEADER}: {header}\n".encode() + raw)
         with smtplib.SMTP(next_hop[0], next_hop[1], timeout=timeout, local_hostname="edrules-release") as smtp:
             refused = smtp.sendmail(item.envelope_from or "", [item.recipient], data)
         if refused:  # only possible with several recipients; kept for clarity
