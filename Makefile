@@ -25,7 +25,7 @@ lab: install
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser notebooks/
 
 test: install-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 bench: install-test
 	$(BIN)/python -m benchmarks.ingest
