@@ -20,8 +20,8 @@ _VERB = {
     Action.REJECT: "rejected",
 }
 # Report lines fit this many columns (a terminal, a ticket, a code review): long sentences wrap
-# onto indented continuation lines. A single token longer than that (a 90-character SES
-# envelope sender) is never split, since a broken address cannot be copied back.
+# onto indented continuation lines. A word is never split (a broken address cannot be copied
+# back), so only a single token longer than this still overflows.
 WIDTH = 100
 
 # Categories read as "quarantined as forgery"; the others read "delivered: allow entry ...".
