@@ -159,3 +159,28 @@ def test_explain_refuses_a_client_ip_that_is_not_an_ip_address(tmp_path):
         _one_line_error(_edrules("explain", str(mail), "--client-ip", bad), "--client-ip is not an IP address", bad)
     ok = _edrules("explain", str(mail), "--client-ip", "2001:DB8::5")
     assert ok.returncode == 0 and "2001:db8::5" in ok.stdout.decode()
+
+
+# Corpus messages whose explain report has long lines: the seed's sentence, hint and not-applied
+# line, and SES / bulk envelope senders of 85+ characters that cannot be split.
+EXPLAIN_WIDE = ("phishing_pot/sample-1.eml", "phishing_pot/sample-1015.eml", "phishing_pot/sample-2203.eml",
+                "phishing_pot/sample-2368.eml", "rspamd_test_messages/arcbad.eml",
+                "spamassassin_publiccorpus/hard_ham/00003.268fd170a3fc73bee2739d8204856a53")
+
+
+def test_every_line_of_an_explain_report_fits_100_columns_and_wrapping_loses_no_word(corpus, tmp_path):
+    from edrules.rules.explain import explain_message
+
+    rules = tmp_path / "seed.yaml"  # an allow entry strict ignores: the report has a hint and a not-applied line
+    rules.write_text("allow:\n  - sender: DoNotReply@someotpsite.cz\n")
+    runs = [(corpus / "seed_example" / "otp-headers-pasted.txt", ["--trusted-authserv", "inbound10.exchangedefender.com"])]
+    runs += [(corpus / name, []) for name in EXPLAIN_WIDE]
+    for path, extra in runs:
+        r = _edrules("explain", "--pack", str(rules), *extra, str(path))
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.decode()
+        assert [line for line in out.splitlines() if len(line) > 100] == [], path
+        whole = explain_message(path.read_bytes(), source=str(path), pack_path=rules,
+                                trusted_authserv_ids=extra[1:]).to_text()
+        assert any(len(line) > 100 for line in whole.splitlines()), f"{path} has no long line to wrap"
+        assert out.split() == whole.split(), path  # the same words in the same order

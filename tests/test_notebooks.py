@@ -239,3 +239,22 @@ def test_suggest_for_the_single_ticket_message_ranks_a_safe_pair_above_relaxed(e
     # the pair for Martin delivers all 14 other OTP codes too: durable, unlike the one-off envelope sender
     assert best.new_other == 14 and best.new_by_label == {"ham": 14}
     assert not s.find(CandidateKind.ENVELOPE_SENDER, str(best.scope)).durable
+
+
+def test_06_deployed_to_the_gateway_runtime_the_pack_delivers_the_otp_codes_and_holds_the_phishing(executed):
+    _, nums, con, _, _ = executed
+    shown = nums["06-compile-and-deploy"]["gateway replay"]
+    otp_from = f"FROM recipients r JOIN messages m USING (dataset, msg_key) WHERE r.dataset = 'demo' AND m.header_from = '{OTP}'"
+    rows = one(con, f"SELECT count(*) {otp_from}")
+    assert shown["messages"] == one(con, f"SELECT count(DISTINCT msg_key) {otp_from}")
+    # the gateway serving today's pack holds every one of them, each in its quarantine store
+    assert shown["today"] == {"quarantine": rows} and shown["store_today"] == rows
+    # serving the new pack it delivers exactly what the signed what-if promised, by the new entry,
+    # and still holds the mail claiming that From without passing DMARC (the phishing)
+    whatif = nums["06-compile-and-deploy"]["recomputed what-if"]
+    ham = one(con, f"SELECT count(*) {otp_from} AND m.category = 'ham'")
+    held = one(con, f"SELECT count(*) {otp_from} AND coalesce(m.dmarc, '') <> 'pass'")
+    assert shown["new"]["deliver"] == whatif["newly_delivered"] == ham == 15
+    assert shown["new_delivered_by_rule"] == {"suggest-1": ham}
+    assert shown["new"]["quarantine"] == shown["store_new"] == held == rows - ham
+    assert one(con, f"SELECT count(*) {otp_from} AND coalesce(m.dmarc, '') <> 'pass' AND m.category = 'phishing'") == held

@@ -114,7 +114,7 @@ def explain(message: str, db: str | None, dataset: str | None, now_text: str | N
     from edrules.backends.cli import _parse_now
     from edrules.domains import normalize_ip
     from edrules.ingest.readers import read_message_file
-    from edrules.rules.explain import explain_facts, explain_message, load_policy
+    from edrules.rules.explain import WIDTH, explain_facts, explain_message, load_policy
 
     if client_ip is not None and normalize_ip(client_ip) is None:
         raise EdrulesError(f"--client-ip is not an IP address: {client_ip!r}")
@@ -144,4 +144,4 @@ def explain(message: str, db: str | None, dataset: str | None, now_text: str | N
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
-        click.echo(report.to_text())
+        click.echo(report.to_text(width=WIDTH))

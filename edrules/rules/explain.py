@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,11 @@ _VERB = {
     Action.QUARANTINE: "quarantined",
     Action.REJECT: "rejected",
 }
+# Report lines fit this many columns (a terminal, a ticket, a code review): long sentences wrap
+# onto indented continuation lines. A word is never split (a broken address cannot be copied
+# back), so only a single token longer than this still overflows.
+WIDTH = 100
+
 # Categories read as "quarantined as forgery"; the others read "delivered: allow entry ...".
 _AS_CATEGORY = frozenset({"malware", "bulk", "forgery", "phishing", "spam"})
 
@@ -198,34 +204,53 @@ class Explanation:
             "facts": _facts_json(self.facts),
         }
 
-    def to_text(self) -> str:
+    def to_text(self, width: int | None = None) -> str:
+        """The report as text: one line per item, or with `width` (the CLI passes WIDTH) every
+        line wrapped to fit that many columns, continuations indented under their item."""
         f = self.facts
         dkim = ", ".join(f"d={s.d} {s.result}" for s in f.dkim) or "none"
-        lines = [
-            f"policy: {self.policy_name} (from_policy: {self.from_policy})",
-            *([self.now] if self.now else []),
-            "facts:",
-            f"  header From:   {f.header_from or '-'}{'  (INVALID: missing, repeated or several mailboxes)' if f.from_invalid else ''}",
-            f"  envelope from: {_sender(f.envelope_from)}",
-            f"  client IP:     {f.client_ip or '-'}   HELO: {f.helo or '-'}",
-            f"  SPF: {f.spf or '-'} ({f.spf_domain or '-'})   DKIM: {dkim}",
-            f"  DMARC: {f.dmarc or '-'} (p={f.dmarc_policy or '-'})   authserv-id: {f.authserv_id or '-'}",
-            f"  bulk provider: {f.bulk_provider or '-'}   category: {f.category or '-'}",
+        invalid = "  (INVALID: missing, repeated or several mailboxes)" if f.from_invalid else ""
+        # (text, indent of its continuation lines)
+        items: list[tuple[str, int]] = [
+            (f"policy: {self.policy_name} (from_policy: {self.from_policy})", 2),
+            *([(self.now, 2)] if self.now else []),
+            ("facts:", 2),
+            (f"  header From:   {f.header_from or '-'}{invalid}", 17),
+            (f"  envelope from: {_sender(f.envelope_from)}", 17),
+            (f"  client IP:     {f.client_ip or '-'}   HELO: {f.helo or '-'}", 17),
+            (f"  SPF: {f.spf or '-'} ({f.spf_domain or '-'})   DKIM: {dkim}", 7),
+            (f"  DMARC: {f.dmarc or '-'} (p={f.dmarc_policy or '-'})   authserv-id: {f.authserv_id or '-'}", 9),
+            (f"  bulk provider: {f.bulk_provider or '-'}   category: {f.category or '-'}", 17),
         ]
         if not self.verdicts:
-            lines.append("no recipients: nothing to decide (pass the envelope recipient with --rcpt)")
+            items.append(("no recipients: nothing to decide (pass the envelope recipient with --rcpt)", 2))
         for v, s in zip(self.verdicts, self.sentences):
-            lines.append(f"{v.recipient}: {v.action} [{v.rule_id}]")
-            lines.append(f"  {s}")
+            items.append((f"{v.recipient}: {v.action} [{v.rule_id}]", 2))
+            items.append((f"  {s}", 4))
             for t in v.trace:
-                lines.append(f"    - {t.step}: {t.detail}")
-        for n in self.not_applied:
-            lines.append(f"not applied: {n}")
+                items.append((f"    - {t.step}: {t.detail}", 8))
+        items += [(f"not applied: {n}", 2) for n in self.not_applied]
         if self.hint:
-            lines.append(f"hint: {self.hint}")
-        for w in self.warnings:
-            lines.append(f"warning: {w}")
-        return "\n".join(lines)
+            items.append((f"hint: {self.hint}", 2))
+        items += [(f"warning: {w}", 2) for w in self.warnings]
+        return "\n".join(line for text, indent in items for line in _wrap(text, indent, width))
+
+
+def _wrap(text: str, indent: int, width: int | None) -> list[str]:
+    """One report item as lines of at most `width` columns, continuations indented by `indent`
+    (the item's own leading spaces are kept). Words are never split, hyphens never broken at."""
+    if width is None or len(text) <= width:
+        return [text]
+    lead = len(text) - len(text.lstrip(" "))
+    lines: list[str] = []
+    # A token too long for the item's own indent (an 85-character SES envelope sender under
+    # "envelope from:") moves to a shallow continuation line rather than overflow.
+    for cont in dict.fromkeys((indent, min(indent, 4))):
+        lines = textwrap.wrap(text.lstrip(" "), width, initial_indent=" " * lead, subsequent_indent=" " * cont,
+                              break_long_words=False, break_on_hyphens=False) or [text]
+        if all(len(line) <= width for line in lines):
+            break
+    return lines
 
 
 def _sender(s: str | None) -> str:
