@@ -81,6 +81,26 @@ class _TokenPage(BaseHandler):
             return None
         return claims, item, store
 
+    def opened(self):
+        """(token, claims, item, store) of this request's link when the page may go on: a valid
+        token for an item that exists, past the Secure Release gate; None after rendering why not."""
+        token = self.token_arg()
+        got = self.claims_and_item(token)
+        if got is None or not self.gate(got[1]):
+            return None
+        return (token, *got)
+
+    def used_up(self, store, claims) -> bool:
+        """Spend the link (single use, atomic: a second POST of the same link stops here)."""
+        from edrules.runtime.tokens import TokenError, consume
+
+        try:
+            consume(store, claims)
+        except TokenError as exc:
+            self.refused(exc.reason, 410)
+            return False
+        return True
+
     def secure(self, item: Any) -> bool:
         """Secure Release is on for the recipient's domain: the domain's sign-in policy
         (edrules.server.accounts) or the site's support.yaml says so."""
@@ -145,13 +165,10 @@ class ReleasePage(_TokenPage):
 
     @allow_unauthenticated  # the token is the credential; Secure Release checks the session itself
     def get(self) -> None:
-        token = self.token_arg()
-        got = self.claims_and_item(token)
-        if got is None:
+        opened = self.opened()
+        if opened is None:
             return
-        claims, item, _store = got
-        if not self.gate(item):
-            return
+        token, claims, item, _store = opened
         if item.state != "quarantined":
             self.page("Already done", f'<div class="card narrow edr-done"><h1>Nothing to release</h1><p>This message was '
                       f'{e(item.state)}.</p></div>', status=409)
@@ -168,22 +185,15 @@ class ReleasePage(_TokenPage):
     @allow_unauthenticated
     def post(self) -> None:
         from edrules.runtime.release import release
-        from edrules.runtime.tokens import TokenError, consume
 
-        token = self.token_arg()
-        got = self.claims_and_item(token)
-        if got is None:
+        opened = self.opened()
+        if opened is None:
             return
-        claims, item, store = got
-        if not self.gate(item):
-            return
+        token, claims, item, store = opened
         if item.category == "malware":
             self.refused("malware is never self-released: ask your domain admin or service provider", 403)
             return
-        try:
-            consume(store, claims)  # single use, atomic: a second POST of the same link stops here
-        except TokenError as exc:
-            self.refused(exc.reason, 410)
+        if not self.used_up(store, claims):
             return
         out = release(store, item.id, next_hop=self.site.next_hop, actor=self.actor(item), how=self.how(item),
                       key=self.site.release_key())
@@ -207,13 +217,10 @@ class TrustPage(_TokenPage):
 
     @allow_unauthenticated  # the token is the credential; Secure Release checks the session itself
     def get(self) -> None:
-        token = self.token_arg()
-        got = self.claims_and_item(token)
-        if got is None:
+        opened = self.opened()
+        if opened is None:
             return
-        claims, item, _store = got
-        if not self.gate(item):
-            return
+        token, claims, item, _store = opened
         try:
             pv = self.preview(item)
         except EdrulesError as exc:
@@ -232,15 +239,10 @@ class TrustPage(_TokenPage):
 
     @allow_unauthenticated
     def post(self) -> None:
-        from edrules.runtime.tokens import TokenError, consume
-
-        token = self.token_arg()
-        got = self.claims_and_item(token)
-        if got is None:
+        opened = self.opened()
+        if opened is None:
             return
-        claims, item, store = got
-        if not self.gate(item):
-            return
+        token, claims, item, store = opened
         if item.category == "malware":
             self.refused("a sender of malware cannot be trusted from a link", 403)
             return
@@ -249,10 +251,7 @@ class TrustPage(_TokenPage):
         except EdrulesError as exc:
             self.refused(str(exc), 409)
             return
-        try:
-            consume(store, claims)
-        except TokenError as exc:
-            self.refused(exc.reason, 410)
+        if not self.used_up(store, claims):
             return
         choice = self.site.overrides().trust(item, self.actor(item))
         store.audit(self.actor(item), "trusted", self.how(item), item.id,
