@@ -199,6 +199,26 @@ def test_a_csv_cell_over_the_csv_field_limit_costs_only_its_own_row(tmp_path):
     assert con.execute("SELECT count(*) FROM messages WHERE subject IN ('s3', 's4', 's5')").fetchone()[0] == 3
 
 
+def test_a_csv_quote_never_closed_costs_its_own_row_and_the_rows_after_it_still_load(tmp_path):
+    # Found by benchmarks/hostile_inputs.py: the csv reader takes an unclosed quote to the end of
+    # the file, so the rows after it vanished into one subject with no error row at all.
+    path = tmp_path / "q.csv"
+    head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state,subject\n"
+    row = "2026-01-05T10:00:0{n},b@example.org,a{n}@example.com,192.0.2.1,spam,1,quarantined,{s}\n"
+    path.write_text(head + row.format(n=0, s="ok") + row.format(n=1, s='"unclosed')
+                    + "".join(row.format(n=n, s=f"s{n}") for n in range(2, 6)))
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert (s.messages, s.errors) == (5, 1)
+    (pos, err, detail), = con.execute("SELECT position, error, detail FROM ingest_errors").fetchall()
+    assert (pos, err) == ("line 3", "csv-syntax") and "never closed" in detail
+    assert sorted(r for r, in con.execute("SELECT subject FROM messages").fetchall()) == ["ok", "s2", "s3", "s4", "s5"]
+    # A quoted cell that does span lines (and closes) is still one row.
+    path.write_text(head + row.format(n=0, s='"two\nlines"') + row.format(n=1, s="s1"))
+    s = ingest_paths(duckdb.connect(), [path], jobs=1)
+    assert (s.messages, s.errors) == (2, 0)
+
+
 def test_an_ipv6_zone_id_from_a_quarantine_csv_is_an_invalid_client_ip_error_row(tmp_path):
     path = tmp_path / "q.csv"
     head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
