@@ -250,8 +250,24 @@ CSV_HEAD = "received_at,recipient,envelope_from,client_ip,category,score,quarant
 CSV_ROW = "2026-01-05T10:00:{n:02d},b@acme.example,a{n}@partner.example,192.0.2.1,spam,1,quarantined,{s}\n"
 INGEST_TIMEOUT = 300.0  # seconds per class; a hang is a crash, never a stuck run
 EXPLAIN_TIMEOUT = 60.0
-# The child: ingest one folder into a scratch DuckDB, then count both tables from the file.
-INGEST_CHILD = """
+# Every child writes its own peak resident set (VmHWM) at exit to the file HOSTILE_HWM names:
+# wait4's ru_maxrss would report the forked parent's size whenever that is larger.
+HWM = """
+import atexit, os
+def _hwm():
+    with open("/proc/self/status") as st, open(os.environ["HOSTILE_HWM"], "w") as out:
+        out.write(next((l.split()[1] for l in st if l.startswith("VmHWM:")), "0"))
+atexit.register(_hwm)
+"""
+# `edrules explain FILE` exactly as the console script runs it.
+EXPLAIN_CHILD = HWM + """
+import sys
+sys.argv = ["edrules", "explain", sys.argv[1]]
+from edrules.cli import main
+main()
+"""
+# Ingest one folder into a scratch DuckDB, then count both tables from the file.
+INGEST_CHILD = HWM + """
 import json, sys
 import duckdb
 from edrules.ingest import ingest_paths
@@ -372,6 +388,8 @@ def build_file_cases(root: Path, hyp: int, seed: int) -> list[tuple[FileCase, Pa
     huge = '"' + "z" * (131_072 + 10) + '"'
     rows = "".join(CSV_ROW.format(n=n, s=huge if n == 1 else f"s{n}") for n in range(8))
     folder("quarantine CSV: a cell over the csv field limit, then 6 good rows", 8, {"q.csv": (CSV_HEAD + rows).encode()})
+    unclosed = "".join(CSV_ROW.format(n=n, s='"never closed' if n == 1 else f"s{n}") for n in range(6))
+    folder("quarantine CSV: a quote never closed, then 4 good rows", 6, {"u.csv": (CSV_HEAD + unclosed).encode()})
     cut = _mail("cut3")[:40]  # the last message stops inside its header block
     folder("mbox with a truncated last message", 3, {"box.mbox": _mbox([_mail("m1"), _mail("m2")]) + FROM_ + cut})
     folder("1 MB of binary garbage", 1, {"garbage.eml": random.Random(seed).randbytes(1_000_000)}, ("garbage.eml",))
@@ -409,13 +427,15 @@ class ChildRun:
     stdout: str
     stderr: str
     cpu_s: float  # user + system CPU of the child
-    peak_mib: float  # the child's peak resident set (interpreter and DuckDB included)
+    peak_mib: float  # the child's peak resident set (interpreter and DuckDB included; 0 if killed)
 
 
 def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> ChildRun:
-    """Run a command with a timeout and read its own CPU time and peak memory from wait4
-    (one child's rusage, not the sum over all children)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run a Python child with a timeout; its CPU time from wait4 (this one child's rusage,
+    not the sum over all children), its peak memory from the VmHWM it writes at exit."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(suffix=".hwm") as hwm:
+        env = {**env, "HOSTILE_HWM": hwm.name}
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT, env=env)
         deadline = time.monotonic() + timeout
         rc: int | None
@@ -433,8 +453,9 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> ChildRun:
         p.returncode = rc if rc is not None else -9  # reaped here; Popen must not wait again
         out.seek(0)
         err.seek(0)
+        kib = Path(hwm.name).read_text().strip()
         return ChildRun(rc, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
-                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)
+                        ru.ru_utime + ru.ru_stime, int(kib) / 1024 if kib.isdigit() else 0.0)
 
 
 def explain_outcome(r: ChildRun) -> str | None:
@@ -481,7 +502,7 @@ def run_file_case(case: FileCase, folder: Path) -> FileResult:
         crashes += [f"ingest: {n} extract-failed rows" for e, n in codes if e == "extract-failed"]
     explains = []
     for name in case.explain:
-        r = run_child([sys.executable, "-m", "edrules.cli", "explain", str(folder / name)], env, EXPLAIN_TIMEOUT)
+        r = run_child([sys.executable, "-c", EXPLAIN_CHILD, str(folder / name)], env, EXPLAIN_TIMEOUT)
         explains.append((name, r))
         bad = explain_outcome(r)
         if bad:
