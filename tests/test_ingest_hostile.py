@@ -219,6 +219,27 @@ def test_a_csv_quote_never_closed_costs_its_own_row_and_the_rows_after_it_still_
     assert (s.messages, s.errors) == (2, 0)
 
 
+def test_a_file_whose_name_is_not_utf8_loads_instead_of_stopping_the_whole_run(tmp_path):
+    # Found by benchmarks/hostile_inputs.py: a Latin-1 file name (an old maildir copy) made the
+    # Arrow conversion raise, so `edrules ingest` exited 70 and nothing of the run loaded.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder)
+    with open(os.path.join(raw, b"r\xe9sum\xe9.eml"), "wb") as fh:
+        fh.write(MAIL)
+    with open(os.path.join(raw, b"vide\xff.eml"), "wb") as fh:
+        fh.write(b"")
+    (folder / "z.eml").write_bytes(MAIL.replace(b"Subject: x", b"Subject: y"))
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder], jobs=1)
+    assert (s.messages, s.errors) == (2, 1)
+    names = sorted(Path(x).name for x, in con.execute("SELECT source FROM messages").fetchall())
+    assert names == ["r?sum?.eml", "z.eml"]  # cleaned as error rows clean theirs
+    assert Path(con.execute("SELECT source FROM ingest_errors").fetchone()[0]).name == "vide?.eml"
+    r = _edrules("ingest", "--db", str(tmp_path / "d.duckdb"), str(folder))
+    assert r.returncode == 0 and "internal error" not in r.stderr.decode(), r.stderr.decode()
+
+
 def test_an_ipv6_zone_id_from_a_quarantine_csv_is_an_invalid_client_ip_error_row(tmp_path):
     path = tmp_path / "q.csv"
     head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
