@@ -419,6 +419,16 @@ def build_file_cases(root: Path, hyp: int, seed: int) -> list[tuple[FileCase, Pa
     words = ("From: =?utf-8?B?###?= <ceo@partner.example>\r\nSubject: =?x-unknown?q?abc?= =?utf-8?q?unterminated"
              " =?utf-8?b?" + "A" * 200_000 + "?= =?utf-16?b?2D3d?= =??= =?utf-8??x?=\r\nTo: =?utf-8?q?=FF=FE?=\r\n\r\nhi\r\n")
     folder("broken encoded words", 1, {"words.eml": words.encode()}, ("words.eml",))
+    latin = os.fsdecode(b"r\xe9sum\xe9.eml")
+    folder("file names that are not UTF-8", 2, {latin: _mail("latin"), os.fsdecode(b"vide\xff.eml"): b""}, (latin,))
+    folder("dangling symlink, symlink loop", 2, {"gone.eml": "symlink:/nonexistent/x.eml", "loop.eml": "symlink:loop.eml"},
+           ("gone.eml", "loop.eml"))
+    eml_rows = "".join(CSV_ROW.format(n=n, s=f"e{n}").rstrip("\n") + f",{e}\n"
+                       for n, e in enumerate(["pipe.eml", "/dev/zero", ".", "missing.eml", "ok.eml"]))
+    d = folder("quarantine CSV whose eml cells name a FIFO, /dev/zero, a folder, nothing", 5,
+               {"q.csv": (CSV_HEAD.rstrip("\n") + ",eml\n" + eml_rows).encode(), "pipe.eml": "fifo"})
+    (d / "ok.eml").write_bytes(_mail("ok"))  # the FIFO and ok.eml are inputs of their own too
+    cases[-1] = (FileCase(cases[-1][0].name, cases[-1][0].inputs + 2), d)
     if hyp:
         mbox_s, csv_s = _strategies()
         boxes = _draw(mbox_s, hyp, seed)
