@@ -86,6 +86,8 @@ def _message_row(f) -> tuple:
     # A file name that is not UTF-8 (an old Latin-1 maildir) arrives with surrogate escapes;
     # Arrow refuses those, and one such name stopped the whole run. Cleaned as error rows are.
     return (*row[:_SOURCE_AT], _clean(f.source), *row[_SOURCE_AT + 1:])
+
+
 _HOP_ROW = attrgetter("idx", "from_host", "from_rdns", "from_ip", "by_host", "protocol", "received_at",
                       "trusted", "raw")
 _HOP_COLUMNS = ("idx", "from_host", "from_rdns", "from_ip", "by_host", "protocol", "received_at", "trusted", "raw")
