@@ -240,6 +240,27 @@ def test_a_file_whose_name_is_not_utf8_loads_instead_of_stopping_the_whole_run(t
     assert r.returncode == 0 and "internal error" not in r.stderr.decode(), r.stderr.decode()
 
 
+def test_a_per_file_limit_larger_than_memory_reads_small_files_without_allocating_the_limit(tmp_path, monkeypatch):
+    # Found by benchmarks/hostile_inputs.py (a 512 MiB heap peak for a 2 kB CSV): each capped
+    # read asked for limit + 1 bytes at once, so a limit above the machine's memory made
+    # ingest and explain exit 70 with MemoryError on any file.
+    monkeypatch.setenv("EDRULES_MAX_FILE_MB", "10000000")  # about 9.5 TiB
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.eml").write_bytes(MAIL)
+    (folder / "b.mbox").write_bytes(b"From x@example.net Thu Jan  1 00:00:00 2026\n" + MAIL + b"z" * 1_100_000)
+    (folder / "q.csv").write_text("received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
+                                  "2026-01-05T10:00:00,b@example.org,a@example.com,192.0.2.1,spam,1,quarantined\n")
+    s = ingest_paths(duckdb.connect(), [folder], jobs=1)
+    assert (s.messages, s.errors) == (3, 0)
+    r = subprocess.run([sys.executable, "-m", "edrules.cli", "explain", str(folder / "a.eml")], capture_output=True,
+                       cwd=ROOT, timeout=60, env={**os.environ, "EDRULES_MAX_FILE_MB": "10000000"})
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run([sys.executable, "-m", "edrules.cli", "explain", "-"], input=MAIL, capture_output=True,
+                       cwd=ROOT, timeout=60, env={**os.environ, "EDRULES_MAX_FILE_MB": "10000000"})
+    assert r.returncode == 0, r.stderr.decode()
+
+
 def test_an_ipv6_zone_id_from_a_quarantine_csv_is_an_invalid_client_ip_error_row(tmp_path):
     path = tmp_path / "q.csv"
     head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
