@@ -287,9 +287,27 @@ s = ingest_paths(sys.argv[2], [sys.argv[1]], jobs=1)
 con = duckdb.connect(sys.argv[2], read_only=True)
 one = lambda q: con.execute(q).fetchone()[0]
 codes = con.execute("SELECT error, count(*) FROM ingest_errors GROUP BY 1 ORDER BY 1").fetchall()
-print(json.dumps({"messages": s.messages, "errors": s.errors, "duplicates": s.duplicates,
-                  "rows": one("SELECT count(*) FROM messages"), "error_rows": one("SELECT count(*) FROM ingest_errors"),
-                  "codes": codes}))
+counts = {"messages": s.messages, "errors": s.errors, "duplicates": s.duplicates,
+          "rows": one("SELECT count(*) FROM messages"), "error_rows": one("SELECT count(*) FROM ingest_errors"),
+          "codes": codes}
+# Then each file alone (imports are warm now) into a second database: CPU per file, and the
+# Python heap peak (tracemalloc) of the slowest two, re-run traced.
+import time, tracemalloc
+from pathlib import Path
+mem = duckdb.connect()
+timed = []
+for p in sorted(Path(sys.argv[1]).iterdir()):
+    t0 = time.process_time()
+    ingest_paths(mem, [p], jobs=1)
+    timed.append((time.process_time() - t0, p.name))
+top = []
+for sec, name in sorted(timed, reverse=True)[:2]:
+    tracemalloc.start()
+    ingest_paths(mem, [Path(sys.argv[1]) / name], jobs=1)
+    top.append((sec, name, tracemalloc.get_traced_memory()[1]))
+    tracemalloc.stop()
+counts["slowest_file"] = top[0] if top else None
+print(json.dumps(counts))
 """
 
 
@@ -397,6 +415,10 @@ def build_file_cases(root: Path, hyp: int, seed: int) -> list[tuple[FileCase, Pa
     big = _mail("big") + b"x" * 2_200_000
     folder("2 MB file and mbox over a 1 MiB per-file limit", 2,
            {"big.eml": big, "big.mbox": _mbox([big])}, ("big.eml",), env=(("EDRULES_MAX_FILE_MB", "1"),))
+    folder("a per-file limit above the machine's memory (EDRULES_MAX_FILE_MB=10000000)", 3,
+           {"small.eml": _mail("roomy"), "small.mbox": _mbox([_mail("roomy2")]),
+            "small.csv": (CSV_HEAD + CSV_ROW.format(n=0, s="roomy3")).encode()}, ("small.eml",),
+           env=(("EDRULES_MAX_FILE_MB", "10000000"),))
     huge = '"' + "z" * (131_072 + 10) + '"'
     rows = "".join(CSV_ROW.format(n=n, s=huge if n == 1 else f"s{n}") for n in range(8))
     folder("quarantine CSV: a cell over the csv field limit, then 6 good rows", 8, {"q.csv": (CSV_HEAD + rows).encode()})
@@ -501,6 +523,12 @@ class FileResult:
     ingest: ChildRun
     explains: tuple[tuple[str, ChildRun], ...]
     codes: tuple[tuple[str, int], ...]
+    slowest_file: tuple[str, float, float] = ("", 0.0, 0.0)  # name, CPU s, Python heap peak MiB
+
+
+def _shown(name: str) -> str:
+    """A file name for the report: bytes that are not UTF-8 as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def run_file_case(case: FileCase, folder: Path) -> FileResult:
@@ -508,7 +536,7 @@ def run_file_case(case: FileCase, folder: Path) -> FileResult:
     db = folder.parent / f"{folder.name}.duckdb"
     ing = run_child([sys.executable, "-c", INGEST_CHILD, str(folder), str(db)], env, INGEST_TIMEOUT)
     crashes: list[str] = []
-    accounted, unaccounted, codes = 0, case.inputs, ()
+    accounted, unaccounted, codes, slowest_file = 0, case.inputs, (), ("", 0.0, 0.0)
     if ing.rc is None:
         crashes.append(f"ingest hung (killed after {INGEST_TIMEOUT:.0f} s)")
     elif ing.rc != 0:
@@ -520,16 +548,19 @@ def run_file_case(case: FileCase, folder: Path) -> FileResult:
         mismatch = abs(got["rows"] + got["duplicates"] - got["messages"]) + abs(got["error_rows"] - got["errors"])
         unaccounted = max(0, case.inputs - accounted) + mismatch
         codes = tuple((e, n) for e, n in got["codes"])
+        if got["slowest_file"]:
+            sec, name, peak = got["slowest_file"]
+            slowest_file = (_shown(name), sec, peak / 2**20)
         # extract-failed is ingest catching an exception it did not expect: a bug, so a crash.
         crashes += [f"ingest: {n} extract-failed rows" for e, n in codes if e == "extract-failed"]
     explains = []
     for name in case.explain:
         r = run_child([sys.executable, "-c", EXPLAIN_CHILD, str(folder / name)], env, EXPLAIN_TIMEOUT)
-        explains.append((name, r))
+        explains.append((_shown(name), r))
         bad = explain_outcome(r)
         if bad:
             crashes.append(f"{name}: {bad}")
-    return FileResult(case, accounted, tuple(crashes), unaccounted, ing, tuple(explains), codes)
+    return FileResult(case, accounted, tuple(crashes), unaccounted, ing, tuple(explains), codes, slowest_file)
 
 
 def run(count: int, seed: int, out=sys.stdout, hyp: int = 40, files: bool = True) -> dict:
@@ -590,12 +621,15 @@ def run(count: int, seed: int, out=sys.stdout, hyp: int = 40, files: bool = True
     base = results[0] if files else None
     hostile = [x for x in results if x is not base]
     slow = max(hostile, key=lambda x: x.ingest.cpu_s)
+    slow_f = max(hostile, key=lambda x: x.slowest_file[1])
     explains = [(x, name, e) for x in hostile for name, e in x.explains]
     slow_e = max(explains, key=lambda t: t[2].cpu_s) if explains else None
     result = {
         "inputs": tried, "crashes": len(all_crashes), "unaccounted": unaccounted, "trust_violations": len(violated),
         "classes": len(results), "generated_crashes": len(crashes), "generated_unaccounted": gen_res.unaccounted,
         "slowest": slow.case.name, "slowest_s": slow.ingest.cpu_s, "slowest_mib": slow.ingest.peak_mib,
+        "slowest_file": slow_f.slowest_file[0], "slowest_file_alone_ms": slow_f.slowest_file[1] * 1000,
+        "slowest_file_alone_mib": slow_f.slowest_file[2],
         "slowest_explain": slow_e[1] if slow_e else None, "slowest_explain_s": slow_e[2].cpu_s if slow_e else 0.0,
         "slowest_explain_mib": slow_e[2].peak_mib if slow_e else 0.0,
         "slowest_file_ms": sec_s * 1000, "slowest_file_mib": peaks[0][0] / 2**20,
@@ -606,19 +640,21 @@ def run(count: int, seed: int, out=sys.stdout, hyp: int = 40, files: bool = True
           + (f" + {len(results) - 2} hostile file classes ({hyp} hypothesis mbox files and CSVs each)" if files else ""),
           file=out)
     print("", file=out)
-    print("| input class | inputs tried | crashes | unaccounted | ingest CPU | ingest peak RSS | explain exits"
-          " | slowest explain CPU | its peak RSS |", file=out)
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|", file=out)
+    print("| input class | inputs tried | crashes | unaccounted | ingest CPU | ingest peak RSS | slowest file alone"
+          " | its CPU | its heap peak | explain exits | slowest explain CPU | its peak RSS |", file=out)
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|", file=out)
     for x in results:
         exits = ", ".join(f"{'hung' if e.rc is None else e.rc}" for _, e in x.explains) or "-"
         se = max((e for _, e in x.explains), key=lambda e: e.cpu_s, default=None)
         c = len(x.crashes) + (len(crashes) if x is gen_res else 0)
+        fname, fsec, fpeak = x.slowest_file
         print(f"| {x.case.name} | {x.case.inputs} | {c} | {x.unaccounted} | {x.ingest.cpu_s:.2f} s"
-              f" | {x.ingest.peak_mib:.0f} MiB | {exits} | {f'{se.cpu_s:.2f} s' if se else '-'}"
-              f" | {f'{se.peak_mib:.0f} MiB' if se else '-'} |", file=out)
-    print(f"| **total** | **{tried}** | **{len(all_crashes)}** | **{unaccounted}** | | | | | |", file=out)
+              f" | {x.ingest.peak_mib:.0f} MiB | {fname or '-'} | {fsec * 1000:.1f} ms | {fpeak:.1f} MiB"
+              f" | {exits} | {f'{se.cpu_s:.2f} s' if se else '-'} | {f'{se.peak_mib:.0f} MiB' if se else '-'} |", file=out)
+    print(f"| **total** | **{tried}** | **{len(all_crashes)}** | **{unaccounted}** | | | | | | | | |", file=out)
     print("", file=out)
-    line = ""
+    line = (f"slowest file through ingest alone: {slow_f.slowest_file[0]} ({slow_f.case.name}),"
+            f" {slow_f.slowest_file[1] * 1000:.1f} ms CPU and {slow_f.slowest_file[2]:.1f} MiB Python heap peak; ")
     if slow_e:
         line += (f"slowest single file (explain): {slow_e[1]} ({slow_e[0].case.name}), {slow_e[2].cpu_s:.2f} s CPU and"
                  f" {slow_e[2].peak_mib:.0f} MiB peak RSS; ")
