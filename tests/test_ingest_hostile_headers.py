@@ -87,7 +87,8 @@ def test_the_hostile_input_benchmark_reports_inputs_crashes_unaccounted_and_the_
     out = io.StringIO()
     res = run(count=40, seed=3, out=out, hyp=8)
     text = out.getvalue()
-    assert "| input class | inputs tried | crashes | unaccounted | ingest CPU | ingest peak RSS | explain exits" in text
+    assert ("| input class | inputs tried | crashes | unaccounted | folder ingest CPU | ingest peak RSS | slowest file alone"
+            " | its CPU | its heap peak | explain exits | slowest explain CPU | its peak RSS |") in text
     assert (res["crashes"], res["unaccounted"], res["trust_violations"]) == (0, 0, 0), text
     # Every hostile file class of issue 8 ran through ingest (and explain where it is one file).
     for name in ("FIFO in the folder", "symlink to /dev/zero", "over a 1 MiB per-file limit", "csv field limit",
@@ -98,6 +99,7 @@ def test_the_hostile_input_benchmark_reports_inputs_crashes_unaccounted_and_the_
         assert f"| {name}" in text or f" {name}" in text, name
     assert res["classes"] == 20 and res["inputs"] > 40 + 7 + 40
     assert res["slowest_s"] > 0 and res["slowest_mib"] > 0 and "slowest class through ingest: " in text
+    assert res["slowest_file_alone_ms"] > 0 and res["slowest_file_alone_mib"] > 0 and "slowest file through ingest alone: " in text
     assert res["slowest_explain_s"] > 0 and res["slowest_explain_mib"] > 0 and "slowest single file (explain): " in text
 
 
