@@ -16,13 +16,15 @@ closed, a truncated mbox, binary garbage, an empty file, a 10 MB header line, NU
 parentheses, broken encoded words, hypothesis-drawn mbox files and CSVs, and the header-block
 folder above) is one folder read by the real `ingest_paths` into a scratch DuckDB file, and its
 single files are run through `edrules explain`; each child has a timeout, its CPU time comes
-from wait4 and its peak RSS from its own VmHWM. A crash is an exception, a traceback, exit 70,
+from wait4 and its peak RSS from its own VmHWM. The ingest child then ingests each file alone
+and reports the slowest with its Python heap peak (tracemalloc). A crash is an exception, a traceback, exit 70,
 a hang, an `extract-failed` row, or explain exiting other than 0 or 2-with-one-line. An input
 (a message of a file or mbox, a CSV row) is unaccounted when it yields neither a `messages`
 row nor an `ingest_errors` row. The first class, one plain message, is the baseline for time
 and memory (the interpreter, DuckDB and pyarrow).
 
 Run: .venv/bin/python -m benchmarks.hostile_inputs [--count 3000] [--seed 8] [--hyp 200]
+(hypothesis comes with the test extras: pip install -e '.[test]')
 Prints a Markdown table for docs/benchmarks.md; exits 1 when anything is not 0.
 tests/test_ingest_hostile_headers.py runs it small and drives the generator through hypothesis.
 """

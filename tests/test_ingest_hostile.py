@@ -241,7 +241,7 @@ def test_a_file_whose_name_is_not_utf8_loads_instead_of_stopping_the_whole_run(t
 
 
 def test_a_per_file_limit_larger_than_memory_reads_small_files_without_allocating_the_limit(tmp_path, monkeypatch):
-    # Found by benchmarks/hostile_inputs.py (a 512 MiB heap peak for a 2 kB CSV): each capped
+    # Found by benchmarks/hostile_inputs.py (a 512 MiB heap peak for a CSV under 1 kB): each capped
     # read asked for limit + 1 bytes at once, so a limit above the machine's memory made
     # ingest and explain exit 70 with MemoryError on any file.
     monkeypatch.setenv("EDRULES_MAX_FILE_MB", "10000000")  # about 9.5 TiB
