@@ -199,6 +199,68 @@ def test_a_csv_cell_over_the_csv_field_limit_costs_only_its_own_row(tmp_path):
     assert con.execute("SELECT count(*) FROM messages WHERE subject IN ('s3', 's4', 's5')").fetchone()[0] == 3
 
 
+def test_a_csv_quote_never_closed_costs_its_own_row_and_the_rows_after_it_still_load(tmp_path):
+    # Found by benchmarks/hostile_inputs.py: the csv reader takes an unclosed quote to the end of
+    # the file, so the rows after it vanished into one subject with no error row at all.
+    path = tmp_path / "q.csv"
+    head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state,subject\n"
+    row = "2026-01-05T10:00:0{n},b@example.org,a{n}@example.com,192.0.2.1,spam,1,quarantined,{s}\n"
+    path.write_text(head + row.format(n=0, s="ok") + row.format(n=1, s='"unclosed')
+                    + "".join(row.format(n=n, s=f"s{n}") for n in range(2, 6)))
+    con = duckdb.connect()
+    s = ingest_paths(con, [path], jobs=1)
+    assert (s.messages, s.errors) == (5, 1)
+    (pos, err, detail), = con.execute("SELECT position, error, detail FROM ingest_errors").fetchall()
+    assert (pos, err) == ("line 3", "csv-syntax") and "never closed" in detail
+    assert sorted(r for r, in con.execute("SELECT subject FROM messages").fetchall()) == ["ok", "s2", "s3", "s4", "s5"]
+    # A quoted cell that does span lines (and closes) is still one row.
+    path.write_text(head + row.format(n=0, s='"two\nlines"') + row.format(n=1, s="s1"))
+    s = ingest_paths(duckdb.connect(), [path], jobs=1)
+    assert (s.messages, s.errors) == (2, 0)
+
+
+def test_a_file_whose_name_is_not_utf8_loads_instead_of_stopping_the_whole_run(tmp_path):
+    # Found by benchmarks/hostile_inputs.py: a Latin-1 file name (an old maildir copy) made the
+    # Arrow conversion raise, so `edrules ingest` exited 70 and nothing of the run loaded.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder)
+    with open(os.path.join(raw, b"r\xe9sum\xe9.eml"), "wb") as fh:
+        fh.write(MAIL)
+    with open(os.path.join(raw, b"vide\xff.eml"), "wb") as fh:
+        fh.write(b"")
+    (folder / "z.eml").write_bytes(MAIL.replace(b"Subject: x", b"Subject: y"))
+    con = duckdb.connect()
+    s = ingest_paths(con, [folder], jobs=1)
+    assert (s.messages, s.errors) == (2, 1)
+    names = sorted(Path(x).name for x, in con.execute("SELECT source FROM messages").fetchall())
+    assert names == ["r?sum?.eml", "z.eml"]  # cleaned as error rows clean theirs
+    assert Path(con.execute("SELECT source FROM ingest_errors").fetchone()[0]).name == "vide?.eml"
+    r = _edrules("ingest", "--db", str(tmp_path / "d.duckdb"), str(folder))
+    assert r.returncode == 0 and "internal error" not in r.stderr.decode(), r.stderr.decode()
+
+
+def test_a_per_file_limit_larger_than_memory_reads_small_files_without_allocating_the_limit(tmp_path, monkeypatch):
+    # Found by benchmarks/hostile_inputs.py (a 512 MiB heap peak for a CSV under 1 kB): each capped
+    # read asked for limit + 1 bytes at once, so a limit above the machine's memory made
+    # ingest and explain exit 70 with MemoryError on any file.
+    monkeypatch.setenv("EDRULES_MAX_FILE_MB", "10000000")  # about 9.5 TiB
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.eml").write_bytes(MAIL)
+    (folder / "b.mbox").write_bytes(b"From x@example.net Thu Jan  1 00:00:00 2026\n" + MAIL + b"z" * 1_100_000)
+    (folder / "q.csv").write_text("received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"
+                                  "2026-01-05T10:00:00,b@example.org,a@example.com,192.0.2.1,spam,1,quarantined\n")
+    s = ingest_paths(duckdb.connect(), [folder], jobs=1)
+    assert (s.messages, s.errors) == (3, 0)
+    r = subprocess.run([sys.executable, "-m", "edrules.cli", "explain", str(folder / "a.eml")], capture_output=True,
+                       cwd=ROOT, timeout=60, env={**os.environ, "EDRULES_MAX_FILE_MB": "10000000"})
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run([sys.executable, "-m", "edrules.cli", "explain", "-"], input=MAIL, capture_output=True,
+                       cwd=ROOT, timeout=60, env={**os.environ, "EDRULES_MAX_FILE_MB": "10000000"})
+    assert r.returncode == 0, r.stderr.decode()
+
+
 def test_an_ipv6_zone_id_from_a_quarantine_csv_is_an_invalid_client_ip_error_row(tmp_path):
     path = tmp_path / "q.csv"
     head = "received_at,recipient,envelope_from,client_ip,category,score,quarantine_state\n"

@@ -76,6 +76,18 @@ _KEYED = ("dataset", "msg_key")
 
 
 _MESSAGE_ROW = attrgetter(*(n for n in MESSAGES_SCHEMA.names if n != "dkim"))
+_SOURCE_AT = [n for n in MESSAGES_SCHEMA.names if n != "dkim"].index("source")
+
+
+def _message_row(f) -> tuple:
+    row = _MESSAGE_ROW(f)
+    if f.source.isascii():
+        return row
+    # A file name that is not UTF-8 (an old Latin-1 maildir) arrives with surrogate escapes;
+    # Arrow refuses those, and one such name stopped the whole run. Cleaned as error rows are.
+    return (*row[:_SOURCE_AT], _clean(f.source), *row[_SOURCE_AT + 1:])
+
+
 _HOP_ROW = attrgetter("idx", "from_host", "from_rdns", "from_ip", "by_host", "protocol", "received_at",
                       "trusted", "raw")
 _HOP_COLUMNS = ("idx", "from_host", "from_rdns", "from_ip", "by_host", "protocol", "received_at", "trusted", "raw")
@@ -102,13 +114,13 @@ class Batch:
         if f.msg_key in self.keys:
             # The same bytes again in this batch: the row is kept (load counts it as a
             # duplicate), its recipients, hops and headers are not, or they would load twice.
-            self.message_rows.append(_MESSAGE_ROW(f))
+            self.message_rows.append(_message_row(f))
             self.dkim.append([])
             return
         self.keys.add(f.msg_key)
         # Every string is valid UTF-8 already: split_header_block decodes strictly (NULs
         # replaced) and decode_words cleans what RFC 2047 decoding produces.
-        self.message_rows.append(_MESSAGE_ROW(f))
+        self.message_rows.append(_message_row(f))
         self.dkim.append([{"d": x.d, "s": x.s, "result": x.result, "org": x.org} for x in f.dkim])
         self.recipient_rows.extend((mi, rc.address, rc.domain, rc.source) for rc in m.recipient_rows)
         self.hop_rows.extend((mi, *_HOP_ROW(h)) for h in m.hops)

@@ -64,20 +64,36 @@ def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
         yield ReadFailure(src, "line 1", "csv-missing-column", "missing column(s): " + ", ".join(missing))
         return
     failed_at = -1
+    offset = 0  # physical lines before the text the current reader reads
+    lines: list[str] | None = None
     while True:
+        before = reader.line_num
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield ReadFailure(src, f"line {reader.line_num}", "csv-syntax", str(exc))
-            if reader.line_num == failed_at:  # no progress: say what is left unread, then stop
-                yield ReadFailure(src, f"line {reader.line_num}", "csv-unread",
+            at = offset + reader.line_num
+            yield ReadFailure(src, f"line {at}", "csv-syntax", str(exc))
+            if at == failed_at:  # no progress: say what is left unread, then stop
+                yield ReadFailure(src, f"line {at}", "csv-unread",
                                   "the rest of the file was not read after a CSV syntax error")
                 return
-            failed_at = reader.line_num
+            failed_at = at
             continue
-        line = reader.line_num
+        line = offset + reader.line_num
+        if reader.line_num - before > 1:
+            # A record over several lines is a quoted cell with line breaks, or a quote never
+            # closed: the reader then takes every later row into that cell, without an error.
+            if lines is None:
+                lines = io.StringIO(text, newline="").readlines()
+            start = offset + before  # index of the record's first line
+            if line == len(lines) and _quote_never_closed("".join(lines[start:])):
+                yield ReadFailure(src, f"line {start + 1}", "csv-syntax",
+                                  "a quote opened in this row is never closed; the lines after it are read as rows")
+                offset = start + 1
+                reader = csv.reader(io.StringIO("".join(lines[offset:]), newline=""))
+                continue
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(cols):
@@ -89,6 +105,17 @@ def csv_units(path: Path) -> Iterator[Unit | ReadFailure]:
                               f"column {long[0]} holds {long[1]:,} characters; a cell may hold {MAX_CELL:,}")
             continue
         yield Unit("csv", f"{src}:{line}", src, row=tuple(zip(cols, row)), line=line)
+
+
+def _quote_never_closed(record: str) -> bool:
+    """The record's text runs to the end of the file inside a quoted cell (the one error the
+    lenient reader never raises)."""
+    try:
+        for _ in csv.reader(io.StringIO(record, newline=""), strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def parse_csv_time(value: str, where: Location) -> datetime:

@@ -100,10 +100,29 @@ def read_capped(path: str | Path, start: int = 0, length: int = -1) -> bytes:
         if start:
             fh.seek(start)
         want = limit + 1 if length < 0 else min(length, limit + 1)
-        data = fh.read(want)
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to see it grow),
+        # never for the limit, which may be larger than the machine's memory.
+        size = os.fstat(fh.fileno()).st_size - start
+        data = _read_upto(fh, want, max(size, 0) + 1)
     if len(data) > limit:
         raise _too_large(len(data), limit)
     return data
+
+
+def _read_upto(fh, want: int, first: int) -> bytes:
+    """At most `want` bytes: one read of `first`, then 1 MiB chunks only if there is more."""
+    data = fh.read(min(want, first))
+    if len(data) < min(want, first):
+        return data
+    parts = [data]
+    got = len(data)
+    while got < want:
+        chunk = fh.read(min(want - got, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts) if len(parts) > 1 else data
 
 
 def read_message_file(name: str) -> bytes:
@@ -114,7 +133,7 @@ def read_message_file(name: str) -> bytes:
     if name == "-":
         import sys
 
-        data = sys.stdin.buffer.read(limit + 1)
+        data = _read_upto(sys.stdin.buffer, limit + 1, 1 << 20)
         if len(data) > limit:
             raise EdrulesError(f"cannot read message: {_too_large(len(data), limit).detail}", Location("<stdin>"))
         return data
