@@ -293,13 +293,17 @@ def _insert_messages(con, msgs: pa.Table, batches: list[ArrowBatch], keys: list[
 
 
 def _insert_errors(con, errs: pa.Table) -> None:
-    con.register("_edr_err", errs)
+    """New error rows, each once, in input order (an explicit order: DuckDB may run the
+    dedupe on several threads)."""
+    con.register("_edr_err", errs.append_column("_pos", pa.array(range(errs.num_rows), pa.int64())))
     con.execute(
         """INSERT INTO ingest_errors BY NAME
-           SELECT DISTINCT e.* FROM _edr_err e
+           SELECT * EXCLUDE (_pos) FROM _edr_err e
            WHERE NOT EXISTS (SELECT 1 FROM ingest_errors x
                WHERE x.dataset IS NOT DISTINCT FROM e.dataset AND x.source = e.source
-                 AND x.position IS NOT DISTINCT FROM e.position AND x.error = e.error)"""
+                 AND x.position IS NOT DISTINCT FROM e.position AND x.error = e.error)
+           QUALIFY row_number() OVER (PARTITION BY dataset, source, position, error, detail ORDER BY _pos) = 1
+           ORDER BY _pos"""
     )
     con.unregister("_edr_err")
 
@@ -321,3 +325,135 @@ def read_facts(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> li
         rcpts = tuple(rec.pop("_rcpts") or ())
         out.append(MessageFacts.from_row(rec, rcpts))
     return out
+
+
+# --- Staged loading: workers write Parquet, DuckDB reads it in parallel ----------------------
+
+_STAGED_TABLES = ("messages", "recipients", "received_hops", "headers", "ingest_errors")
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBatch:
+    """What a worker hands back after writing its batch as Parquet files (one per non-empty
+    table, keyed by table name): only the msg_keys travel through the pipe, for the dedupe."""
+
+    files: dict[str, str]
+    keys: tuple[str, ...]
+    errors: int
+    bytes: int
+    inputs: int  # input files read (for the progress bar)
+
+
+def write_staged(batch: ArrowBatch, stem: Path) -> StagedBatch:
+    """Write each non-empty table of a batch as `<stem>.<table>.parquet`: uncompressed, no
+    dictionary or statistics, since the file is read once, right away, from the same disk."""
+    import pyarrow.parquet as pq
+
+    files = {}
+    for name, table in zip(_STAGED_TABLES, (batch.messages, batch.recipients, batch.hops, batch.headers,
+                                            batch.errors)):
+        if table.num_rows:
+            path = f"{stem}.{name}.parquet"
+            pq.write_table(table, path, compression="none", use_dictionary=False, write_statistics=False,
+                           row_group_size=max(1, table.num_rows))
+            files[name] = path
+    return StagedBatch(files, tuple(batch.messages.column("msg_key").to_pylist()), batch.errors.num_rows,
+                       batch.bytes, batch.files)
+
+
+def load_staged(con: duckdb.DuckDBPyConnection, staged: list[StagedBatch], dataset: str,
+                seen: set[str]) -> LoadCounts:
+    """The staged batches in one transaction, with `load`'s semantics (a msg_key already in the
+    dataset or earlier in the run is a duplicate and adds no rows, child rows only for the kept
+    copy; identical error rows not repeated) and the batches' order. Runs of batches without a
+    duplicate, the usual case, load with one INSERT ... FROM read_parquet([...]) per table that
+    DuckDB runs on all its threads (it keeps the file and row order: preserve_insertion_order)."""
+    counts = LoadCounts()
+    if not staged:
+        return counts
+    keys = [k for s in staged for k in s.keys]
+    try:
+        existing: set[str] = set()
+        if keys:
+            con.register("_edr_keys", pa.table({"msg_key": keys}))
+            existing = {r[0] for r in con.execute(
+                "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
+                [dataset]).fetchall()}
+            con.unregister("_edr_keys")
+        fresh: set[str] = set()
+        masks: list[list[bool] | None] = []  # None: every row of the batch is kept
+        for s in staged:
+            mask = []
+            for k in s.keys:
+                ok = k not in existing and k not in seen and k not in fresh
+                mask.append(ok)
+                if ok:
+                    fresh.add(k)
+            masks.append(None if all(mask) else mask)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in _STAGED_TABLES[:-1]:
+                n = _insert_staged(con, table, staged, masks)
+                if table == "messages":
+                    counts.messages = n
+                elif table == "recipients":
+                    counts.recipients = n
+            errs = [s.files["ingest_errors"] for s in staged if "ingest_errors" in s.files]
+            if errs:
+                import pyarrow.parquet as pq
+
+                _insert_errors(con, pa.concat_tables([pq.read_table(f) for f in errs]))
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        raise EdrulesError(
+            f"cannot load into the database (created by an older edrules? start a new file): "
+            f"{str(exc).splitlines()[0]}", Location(field="ingest")
+        ) from None
+    seen.update(fresh)
+    counts.duplicates = len(keys) - len(fresh)
+    counts.errors = sum(s.errors for s in staged)
+    return counts
+
+
+def _insert_staged(con, table: str, staged: list[StagedBatch], masks: list[list[bool] | None]) -> int:
+    """Insert one table's staged files in batch order: consecutive clean batches in one
+    parallel read_parquet, a batch with duplicates filtered in Arrow (whose filter keeps order)."""
+    rows = 0
+    run: list[str] = []
+
+    def insert(source: str, params: list | None = None) -> None:
+        nonlocal rows
+        select = _HEADERS_INSERT.replace("_edr_in", source) if table == "headers" else \
+            f"INSERT INTO {table} BY NAME SELECT * FROM {source}"
+        rows += con.execute(select, params).fetchone()[0]
+
+    def flush_run() -> None:
+        if run:
+            insert("read_parquet(?)", [list(run)])
+            run.clear()
+
+    for s, mask in zip(staged, masks):
+        path = s.files.get(table)
+        if path is None:
+            continue
+        if mask is None:
+            run.append(path)
+            continue
+        flush_run()
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path)
+        if table == "messages":
+            data = data.filter(pa.array(mask))
+        else:
+            kept = pa.array([k for k, ok in zip(s.keys, mask) if ok], pa.string())
+            data = data.filter(pc.is_in(data.column("msg_key"), value_set=kept))
+        if data.num_rows:
+            con.register("_edr_in", data)
+            insert("_edr_in")
+            con.unregister("_edr_in")
+    flush_run()
+    return rows
