@@ -576,3 +576,14 @@ def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers
     dup_headers = con.execute("SELECT count(*) FROM (SELECT msg_key, idx FROM headers GROUP BY ALL "
                               "HAVING count(*) > 1)").fetchall()[0][0]
     assert dup_headers == 0
+
+
+def test_parallel_ingest_without_a_usable_temporary_folder_is_a_located_error(tmp_path, monkeypatch):
+    import tempfile
+
+    for n in range(70):  # two batches: the staged (parallel) path
+        write(tmp_path / "in" / f"{n:03d}.eml", msg(n))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    with pytest.raises(EdrulesError, match="cannot stage batches in the temporary folder") as err:
+        ingest_paths(duckdb.connect(), [tmp_path / "in"], jobs=2)
+    assert "no-such-folder" in str(err.value)

@@ -319,7 +319,16 @@ def _load_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], tot
     every STAGE_MESSAGES messages, overlapping the workers; it no longer unpickles and copies
     every batch. (Parquet files read by DuckDB with read_parquet were measured too: encoding
     cost the workers a tenth more CPU and DuckDB's load did not get faster on two threads.)"""
-    stage = Path(tempfile.mkdtemp(prefix="edrules-ingest-"))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix="edrules-ingest-"))
+        _run_staged(con, pool, pre, tasks, dataset, seen, totals, bar, stage)
+    except OSError as exc:  # e.g. a full or read-only temporary folder ($TMPDIR)
+        raise EdrulesError(f"cannot stage batches in the temporary folder: {exc.strerror or exc}",
+                           Location(tempfile.gettempdir(), field="ingest")) from None
+
+
+def _run_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar,
+                stage: Path) -> None:
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     try:
         pending = [write_staged(pre.to_arrow(), stage / "pre")]
