@@ -202,9 +202,12 @@ class LoadCounts:
     errors: int = 0
 
 
-def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str, seen: set[str]) -> LoadCounts:
+def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str, seen: set[str],
+         *, was_empty: bool = False) -> LoadCounts:
     """Insert batches in one transaction. A msg_key already in the dataset (or earlier in this
-    run, tracked in `seen`) is a duplicate and adds nothing; identical error rows are not repeated."""
+    run, tracked in `seen`) is a duplicate and adds nothing; identical error rows are not repeated.
+    was_empty: the dataset had no message when the run began, so only `seen` can hold a
+    duplicate (the lookup in `messages` would scan the growing table at every load)."""
     counts = LoadCounts()
     if not batches:
         return counts
@@ -215,7 +218,7 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     new_keys: list[str] = []
     existing: set[str] = set()
     try:
-        if keys:
+        if keys and not was_empty:
             con.register("_edr_keys", pa.table({"msg_key": keys}))
             existing = {
                 r[0]
@@ -365,7 +368,7 @@ def _read_staged(path: str) -> pa.Table:
 
 
 def load_staged(con: duckdb.DuckDBPyConnection, staged: list[StagedBatch], dataset: str,
-                seen: set[str]) -> LoadCounts:
+                seen: set[str], *, was_empty: bool = False) -> LoadCounts:
     """The staged batches in one transaction, with `load`'s semantics (a msg_key already in the
     dataset or earlier in the run is a duplicate and adds no rows, child rows only for the kept
     copy; identical error rows not repeated) and the batches' order. Batches without a
@@ -376,7 +379,7 @@ def load_staged(con: duckdb.DuckDBPyConnection, staged: list[StagedBatch], datas
     keys = [k for s in staged for k in s.keys]
     try:
         existing: set[str] = set()
-        if keys:
+        if keys and not was_empty:
             con.register("_edr_keys", pa.table({"msg_key": keys}))
             existing = {r[0] for r in con.execute(
                 "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",

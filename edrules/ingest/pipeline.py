@@ -260,10 +260,11 @@ def ingest_paths(
     tasks = _tasks(files, dataset, label, trust)
     bar = _bar(len(files)) if progress else None
     try:
+        was_empty = _dataset_is_empty(con, dataset)
         if pool is None:
-            _load_serially(con, pre, tasks, dataset, seen, totals, bar)
+            _load_serially(con, pre, tasks, dataset, seen, totals, bar, was_empty)
         else:
-            _load_staged(con, pool, pre, tasks, dataset, seen, totals, bar)
+            _load_staged(con, pool, pre, tasks, dataset, seen, totals, bar, was_empty)
     finally:
         if bar is not None:
             bar.close()
@@ -290,7 +291,15 @@ def _count(totals: dict, c) -> None:
     totals["errors"] += c.errors
 
 
-def _load_serially(con, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar) -> None:
+def _dataset_is_empty(con, dataset: str) -> bool:
+    try:
+        return not con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE dataset = ?)", [dataset]).fetchone()[0]
+    except duckdb.Error:
+        return False  # load() reports what is wrong with the table
+
+
+def _load_serially(con, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar,
+                   was_empty: bool) -> None:
     """One process: extract a batch, load it, one transaction per FLUSH_MESSAGES messages."""
     # Loads are small and frequent; DuckDB's extra threads would only add overhead.
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
@@ -306,14 +315,15 @@ def _load_serially(con, pre: Batch, tasks, dataset: str, seen: set[str], totals:
             if bar is not None:
                 bar.update(batch.files)
             if pending_msgs >= FLUSH_MESSAGES:
-                _count(totals, load(con, pending, dataset, seen))
+                _count(totals, load(con, pending, dataset, seen, was_empty=was_empty))
                 pending, pending_msgs = [], 0
-        _count(totals, load(con, pending, dataset, seen))
+        _count(totals, load(con, pending, dataset, seen, was_empty=was_empty))
     finally:
         con.execute(f"SET threads = {int(threads)}")
 
 
-def _load_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar) -> None:
+def _load_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar,
+                 was_empty: bool) -> None:
     """Workers extract and write their batches as Arrow IPC files themselves; only the keys come
     back through the pipe (in input order: imap). The parent memory-maps the files into DuckDB
     every STAGE_MESSAGES messages, overlapping the workers; it no longer unpickles and copies
@@ -321,14 +331,14 @@ def _load_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], tot
     cost the workers a tenth more CPU and DuckDB's load did not get faster on two threads.)"""
     try:
         stage = Path(tempfile.mkdtemp(prefix="edrules-ingest-"))
-        _run_staged(con, pool, pre, tasks, dataset, seen, totals, bar, stage)
+        _run_staged(con, pool, pre, tasks, dataset, seen, totals, bar, stage, was_empty)
     except OSError as exc:  # e.g. a full or read-only temporary folder ($TMPDIR)
         raise EdrulesError(f"cannot stage batches in the temporary folder: {exc.strerror or exc}",
                            Location(tempfile.gettempdir(), field="ingest")) from None
 
 
 def _run_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], totals: dict, bar,
-                stage: Path) -> None:
+                stage: Path, was_empty: bool) -> None:
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     try:
         pending = [write_staged(pre.to_arrow(), stage / "pre")]
@@ -336,7 +346,7 @@ def _run_staged(con, pool, pre: Batch, tasks, dataset: str, seen: set[str], tota
 
         def flush() -> None:
             nonlocal pending, pending_msgs
-            _count(totals, load_staged(con, pending, dataset, seen))
+            _count(totals, load_staged(con, pending, dataset, seen, was_empty=was_empty))
             for s in pending:
                 for path in s.files.values():
                     os.unlink(path)
