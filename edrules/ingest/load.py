@@ -287,7 +287,8 @@ def _insert_messages(con, msgs: pa.Table, batches: list[ArrowBatch], keys: list[
         if data.num_rows:
             con.register("_edr_in", data)
             if table == "headers":
-                # row order follows the input: ingest runs DuckDB on one thread
+                # row order follows the input: DuckDB keeps insertion order (the default
+                # preserve_insertion_order), on one thread or several
                 con.execute(_HEADERS_INSERT)
             else:
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _edr_in")
