@@ -416,6 +416,23 @@ def test_reingesting_the_same_input_adds_nothing(tmp_path):
     assert counts == [5, 5, 20, 1]
 
 
+def test_reingesting_with_parallel_workers_adds_nothing_and_repeats_no_error_row(tmp_path):
+    for n in range(150):  # three batches of 64 files: two workers and staged Parquet loads
+        write(tmp_path / "in" / f"{n:03d}.eml", msg(n))
+    write(tmp_path / "in" / "junk.eml", b"\x00garbage")
+    db = tmp_path / "x.duckdb"
+    first = ingest_paths(db, [tmp_path / "in"], jobs=2)
+    again = ingest_paths(db, [tmp_path / "in"], jobs=2)
+    assert (first.messages, first.duplicates, first.errors, first.recipients) == (150, 0, 1, 150)
+    assert (again.messages, again.duplicates, again.recipients) == (150, 150, 0)
+    con = duckdb.connect(str(db))
+    counts = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+              for t in ("messages", "recipients", "headers", "ingest_errors")]
+    assert counts == [150, 150, 600, 1]
+    order = [r[0] for r in con.execute("SELECT subject FROM messages ORDER BY rowid").fetchall()]
+    assert order == [f"m{n}" for n in range(150)]  # input (file name) order
+
+
 def test_the_same_message_in_two_datasets_is_kept_in_both(tmp_path):
     f = write(tmp_path / "a.eml", msg(1))
     con = duckdb.connect()
@@ -430,11 +447,14 @@ def test_parallel_ingest_gives_the_same_tables_as_one_process(corpus, tmp_path):
     tables = []
     for jobs in (1, 2):
         con = duckdb.connect()
+        con.execute("SET threads = 4")  # the staged load's last INSERTs run on DuckDB's threads
         ingest_paths(con, [src], jobs=jobs)
         tables.append([
             con.execute("SELECT * EXCLUDE (received_at) FROM messages ORDER BY rowid").fetchall(),
             con.execute("SELECT * FROM recipients ORDER BY rowid").fetchall(),
             con.execute("SELECT * FROM headers ORDER BY rowid").fetchall(),
+            con.execute("SELECT * FROM received_hops ORDER BY rowid").fetchall(),
+            con.execute("SELECT * FROM ingest_errors ORDER BY rowid").fetchall(),
         ])
     assert tables[0] == tables[1]
     assert len(tables[0][0]) > 200
@@ -532,8 +552,9 @@ def test_progress_true_draws_a_progress_bar_on_stderr(tmp_path, capfd):
     assert "/3 [" in err and "file/s" in err  # tqdm over the 3 files
 
 
+@pytest.mark.parametrize("jobs", [1, 2], ids=["one-process", "staged-workers"])
 @pytest.mark.parametrize("gap", [0, 70], ids=["same-batch", "next-batch"])
-def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers_once(tmp_path, gap):
+def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers_once(tmp_path, gap, jobs):
     """The second copy is a duplicate: it adds no message row, and no second set of child rows
     (which would count each recipient's verdict twice)."""
     raw = (b"Received: from mx.example ([192.0.2.1]) by mx.corp.example; Mon, 1 Jun 2026 10:00:00 +0000\n"
@@ -544,8 +565,10 @@ def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers
     for i in range(gap):  # other messages between the copies (64 files make a batch)
         (folder / f"{i + 1:04d}.eml").write_bytes(raw.replace(b"twice", f"other {i}".encode()))
     (folder / "9999.eml").write_bytes(raw)
+    for i in range(70 if jobs > 1 else 0):  # enough files for two workers (one is used below 64)
+        (folder / f"z{i:03d}.eml").write_bytes(raw.replace(b"twice", f"filler {i}".encode()))
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
-    s = ingest_paths(con, [folder], jobs=1)
+    s = ingest_paths(con, [folder], jobs=jobs)
     assert s.duplicates == 1
     counts = {t: con.execute(f"SELECT count(*) FROM {t} WHERE msg_key IN (SELECT msg_key FROM messages "
                              "WHERE subject = 'twice')").fetchall()[0][0]
@@ -554,3 +577,14 @@ def test_a_message_ingested_twice_in_one_run_has_its_recipients_hops_and_headers
     dup_headers = con.execute("SELECT count(*) FROM (SELECT msg_key, idx FROM headers GROUP BY ALL "
                               "HAVING count(*) > 1)").fetchall()[0][0]
     assert dup_headers == 0
+
+
+def test_parallel_ingest_without_a_usable_temporary_folder_is_a_located_error(tmp_path, monkeypatch):
+    import tempfile
+
+    for n in range(70):  # two batches: the staged (parallel) path
+        write(tmp_path / "in" / f"{n:03d}.eml", msg(n))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    with pytest.raises(EdrulesError, match="cannot stage batches in the temporary folder") as err:
+        ingest_paths(duckdb.connect(), [tmp_path / "in"], jobs=2)
+    assert "no-such-folder" in str(err.value)
