@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -214,6 +216,50 @@ class LoadCounts:
     errors: int = 0
 
 
+def _first_new_copies(con: duckdb.DuckDBPyConnection, keys: list[str], dataset: str, seen: set[str],
+                      *, was_empty: bool) -> list[bool]:
+    """Per key: True for its first copy when it is neither in the dataset nor in `seen` (earlier
+    in this run). was_empty skips the lookup in `messages` (see load)."""
+    existing: set[str] = set()
+    if keys and not was_empty:
+        con.register("_edr_keys", pa.table({"msg_key": keys}))
+        existing = {r[0] for r in con.execute(
+            "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
+            [dataset]).fetchall()}
+        con.unregister("_edr_keys")
+    fresh: set[str] = set()
+    keep = []
+    for k in keys:
+        ok = k not in existing and k not in seen and k not in fresh
+        keep.append(ok)
+        if ok:
+            fresh.add(k)
+    return keep
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """An older database whose tables lack a column, a full disk, ...: say so, no traceback."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise EdrulesError(
+            f"cannot load into the database (created by an older edrules? start a new file): "
+            f"{str(exc).splitlines()[0]}", Location(field="ingest")
+        ) from None
+
+
 def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str, seen: set[str],
          *, was_empty: bool = False) -> LoadCounts:
     """Insert batches in one transaction. A msg_key already in the dataset (or earlier in this
@@ -226,43 +272,14 @@ def load(con: duckdb.DuckDBPyConnection, batches: list[ArrowBatch], dataset: str
     msgs = pa.concat_tables([b.messages for b in batches])
     errs = pa.concat_tables([b.errors for b in batches])
     keys = msgs.column("msg_key").to_pylist()
-    keep_mask = []
-    new_keys: list[str] = []
-    existing: set[str] = set()
-    try:
-        if keys and not was_empty:
-            con.register("_edr_keys", pa.table({"msg_key": keys}))
-            existing = {
-                r[0]
-                for r in con.execute(
-                    "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
-                    [dataset],
-                ).fetchall()
-            }
-            con.unregister("_edr_keys")
-        fresh: set[str] = set()
-        for k in keys:
-            ok = k not in existing and k not in seen and k not in fresh
-            keep_mask.append(ok)
-            if ok:
-                fresh.add(k)
-                new_keys.append(k)
-        con.execute("BEGIN TRANSACTION")
-        try:
+    with _database_errors():
+        keep_mask = _first_new_copies(con, keys, dataset, seen, was_empty=was_empty)
+        new_keys = [k for k, ok in zip(keys, keep_mask) if ok]
+        with _transaction(con):
             if new_keys:
                 counts.messages, counts.recipients = _insert_messages(con, msgs, batches, keys, new_keys, keep_mask)
             if errs.num_rows:
                 _insert_errors(con, errs)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-    except duckdb.Error as exc:
-        # An older database whose tables lack a column, a full disk, ...: say so, no traceback.
-        raise EdrulesError(
-            f"cannot load into the database (created by an older edrules? start a new file): "
-            f"{str(exc).splitlines()[0]}", Location(field="ingest")
-        ) from None
     seen.update(new_keys)
     counts.duplicates = len(keys) - len(new_keys)
     counts.errors = errs.num_rows
@@ -390,26 +407,16 @@ def load_staged(con: duckdb.DuckDBPyConnection, staged: list[StagedBatch], datas
     if not staged:
         return counts
     keys = [k for s in staged for k in s.keys]
-    try:
-        existing: set[str] = set()
-        if keys and not was_empty:
-            con.register("_edr_keys", pa.table({"msg_key": keys}))
-            existing = {r[0] for r in con.execute(
-                "SELECT DISTINCT m.msg_key FROM messages m JOIN _edr_keys k USING (msg_key) WHERE m.dataset = ?",
-                [dataset]).fetchall()}
-            con.unregister("_edr_keys")
-        fresh: set[str] = set()
+    with _database_errors():
+        keep = _first_new_copies(con, keys, dataset, seen, was_empty=was_empty)
+        fresh = {k for k, ok in zip(keys, keep) if ok}
         masks: list[list[bool] | None] = []  # None: every row of the batch is kept
+        start = 0
         for s in staged:
-            mask = []
-            for k in s.keys:
-                ok = k not in existing and k not in seen and k not in fresh
-                mask.append(ok)
-                if ok:
-                    fresh.add(k)
+            mask = keep[start:start + len(s.keys)]
+            start += len(s.keys)
             masks.append(None if all(mask) else mask)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             for table in _STAGED_TABLES[:-1]:
                 n = _insert_staged(con, table, staged, masks)
                 if table == "messages":
@@ -419,15 +426,6 @@ def load_staged(con: duckdb.DuckDBPyConnection, staged: list[StagedBatch], datas
             errs = [_read_staged(s.files["ingest_errors"]) for s in staged if "ingest_errors" in s.files]
             if errs:
                 _insert_errors(con, pa.concat_tables(errs))
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-    except duckdb.Error as exc:
-        raise EdrulesError(
-            f"cannot load into the database (created by an older edrules? start a new file): "
-            f"{str(exc).splitlines()[0]}", Location(field="ingest")
-        ) from None
     seen.update(fresh)
     counts.duplicates = len(keys) - len(fresh)
     counts.errors = sum(s.errors for s in staged)
