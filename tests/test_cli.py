@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_run import edrules as _edrules, one_line_error as _one_line_error
 from edrules.cli import COMMANDS, LazyGroup
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _edrules(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], input=stdin,
-                          capture_output=True, cwd=ROOT, timeout=120)
 
 
 def test_every_registered_command_loads_and_is_in_the_readme():
@@ -62,16 +56,6 @@ def test_evaluate_and_whatif_refuse_a_duckdb_file_that_is_not_a_dataset(tmp_path
 
 
 # -- located one-line errors (exit 2) instead of internal errors --------------------------
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert "internal error" not in err and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def _unsigned_pack(tmp_path: Path) -> Path:

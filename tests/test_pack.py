@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli_run import edrules as _edrules, one_line_error as _one_line_error
 from edrules.cli import cli
 from edrules.errors import EdrulesError
 from edrules.facts import Action
@@ -294,21 +295,6 @@ def test_every_pack_and_explain_command_and_option_is_documented():
 
 
 # -- hostile pack documents: one located line, never an internal error ----------------------
-
-
-def _edrules(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edrules.cli", *args], capture_output=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent)
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert "internal error" not in err and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_a_pack_whose_signer_is_a_list_is_a_located_error(tmp_path, keys):
