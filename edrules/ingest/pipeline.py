@@ -217,6 +217,26 @@ def _tasks(files: Sequence[Path], dataset: str, label: str | None, trust: TrustC
         yield (chunk, dataset, label, trust)
 
 
+def plan_run(paths: Sequence[str | Path], dataset: str, trust: TrustConfig
+             ) -> tuple[list[Path], list[Skipped], Batch, TrustConfig]:
+    """Before any extraction: the files to read, the non-mail files skipped, a batch of the
+    read failures found while walking (a FIFO, an unreadable file), and the trust to use (with
+    auto-detected authserv-ids when asked for). Shared by every ingest engine."""
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    pre = Batch()
+    for item in walk(paths):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+        elif isinstance(item, ReadFailure):
+            pre.error(dataset, item.source, item.position, item.error, item.detail)
+        else:
+            files.append(item)
+    if trust.auto_detect and not trust.authserv_ids:
+        trust = trust.with_ids(detect_ids(files))
+    return files, skipped, pre, trust
+
+
 def ingest_paths(
     db: str | Path | duckdb.DuckDBPyConnection,
     paths: Sequence[str | Path],
@@ -234,18 +254,7 @@ def ingest_paths(
         raise EdrulesError("dataset name is empty")
     label = normalize_category(label)
     trust = trust or TrustConfig()
-    files: list[Path] = []
-    skipped: list[Skipped] = []
-    pre = Batch()
-    for item in walk(paths):
-        if isinstance(item, Skipped):
-            skipped.append(item)
-        elif isinstance(item, ReadFailure):
-            pre.error(dataset, item.source, item.position, item.error, item.detail)
-        else:
-            files.append(item)
-    if trust.auto_detect and not trust.authserv_ids:
-        trust = trust.with_ids(detect_ids(files))
+    files, skipped, pre, trust = plan_run(paths, dataset, trust)
     jobs = max(1, min(jobs or os.cpu_count() or 1, max(1, len(files) // BATCH_FILES + 1)))
     pool = _pool(jobs) if jobs > 1 else None  # before DuckDB starts threads in this process
     try:

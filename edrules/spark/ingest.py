@@ -86,9 +86,7 @@ def ingest_spark(
     from pyspark.sql.window import Window
 
     from edrules.ingest.extract import normalize_category
-    from edrules.ingest.load import Batch
-    from edrules.ingest.pipeline import _tasks, detect_ids
-    from edrules.ingest.readers import ReadFailure, Skipped, walk
+    from edrules.ingest.pipeline import _tasks, plan_run
     from edrules.ingest.trust import TrustConfig
     from edrules.schema import table_columns
 
@@ -100,18 +98,7 @@ def ingest_spark(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdrulesError("--out must be a folder (a Parquet dataset)", Location(str(out)))
-    files: list[Path] = []
-    skipped = 0
-    pre = Batch()
-    for item in walk(paths):
-        if isinstance(item, Skipped):
-            skipped += 1
-        elif isinstance(item, ReadFailure):
-            pre.error(dataset, item.source, item.position, item.error, item.detail)
-        else:
-            files.append(item)
-    if trust.auto_detect and not trust.authserv_ids:
-        trust = trust.with_ids(detect_ids(files))
+    files, skipped, pre, trust = plan_run(paths, dataset, trust)
     tasks = list(enumerate(_tasks(files, dataset, label, trust), start=1))
     stage = out / f"_staging-{uuid.uuid4().hex[:12]}"
     stage.mkdir(parents=True)
@@ -161,7 +148,7 @@ def ingest_spark(
         shutil.rmtree(stage, ignore_errors=True)
     return SparkIngestSummary(
         messages=counts["messages"], recipients=counts["recipients"], errors=counts["ingest_errors"],
-        duplicates=n_all - counts["messages"], files=len(files), skipped=skipped,
+        duplicates=n_all - counts["messages"], files=len(files), skipped=len(skipped),
         seconds=time.perf_counter() - t0, authserv_ids=tuple(sorted(trust.authserv_ids)),
     )
 
