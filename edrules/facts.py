@@ -72,6 +72,9 @@ class MessageFacts:
     header_from_org: str | None = None
     from_display: str | None = None
     from_invalid: bool = False
+    # Every mailbox address the From field(s) name, normalised, in order: [header_from] for a
+    # valid From; what a lenient reading finds in a malformed one (block entries match them).
+    from_mailboxes: tuple[str, ...] = ()
     reply_to: str | None = None
     envelope_from: str | None = None
     envelope_from_domain: str | None = None
@@ -109,6 +112,7 @@ class MessageFacts:
         )
         if kwargs.get("from_invalid") is None:
             kwargs["from_invalid"] = False
+        kwargs["from_mailboxes"] = tuple(kwargs.get("from_mailboxes") or ())
         return cls(**kwargs, recipients=tuple(recipients))
 
     def to_row(self) -> dict[str, Any]:

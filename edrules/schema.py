@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import duckdb
 
-DKIM_STRUCT = "STRUCT(d VARCHAR, s VARCHAR, result VARCHAR, org VARCHAR)"
+from edrules.derive import DERIVED_COLUMNS, DERIVED_TYPES
 
-# Column order of `messages` equals MessageFacts.column_names().
+DKIM_STRUCT = "STRUCT(d VARCHAR, s VARCHAR, result VARCHAR, org VARCHAR)"
+# The derived facts (edrules/derive.py) close the messages table: computed once, at ingest.
+_DERIVED_DDL = ",\n".join(f"    {name:<20} {DERIVED_TYPES[name]}" for name in DERIVED_COLUMNS)
+
+# Column order of `messages`: MessageFacts.column_names(), then the derived columns.
 MESSAGES_DDL = f"""
 CREATE TABLE IF NOT EXISTS messages (
     msg_key              VARCHAR NOT NULL,   -- sha256 hex of the raw bytes (CSV: of the row)
@@ -20,6 +24,7 @@ CREATE TABLE IF NOT EXISTS messages (
     header_from_org      VARCHAR,
     from_display         VARCHAR,
     from_invalid         BOOLEAN NOT NULL,   -- zero/several From headers or mailboxes
+    from_mailboxes       VARCHAR[],          -- every mailbox the From field(s) name
     reply_to             VARCHAR,
     envelope_from        VARCHAR,            -- '' = null sender <>, NULL = unknown
     envelope_from_domain VARCHAR,
@@ -38,7 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
     category             VARCHAR,
     score                DOUBLE,
     size                 BIGINT,
-    quarantine_state     VARCHAR
+    quarantine_state     VARCHAR,
+{_DERIVED_DDL}
 )"""
 
 RECIPIENTS_DDL = """

@@ -624,36 +624,31 @@ def verdict_counts(con: duckdb.DuckDBPyConnection, policy: Policy, *, now: datet
 
 # -- facts in ---------------------------------------------------------------------------------
 
-_DKIM_TYPE = pa.list_(pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()),
-                                 ("org", pa.string())]))
-_COLUMN_TYPES: dict[str, pa.DataType] = {
-    "received_at": pa.timestamp("us"), "from_invalid": pa.bool_(), "dkim": _DKIM_TYPE,
-    "score": pa.float64(), "size": pa.int64(),
-}
-
-
 def facts_tables(facts: Iterable[MessageFacts]) -> tuple[pa.Table, pa.Table]:
     """(messages, recipients) rows of the ingest schema for in-memory facts, so facts built in
-    Python (tests, explain, notebooks) go through exactly the query a dataset does."""
+    Python (tests, explain, notebooks) go through exactly the query a dataset does, derived
+    columns included (computed as ingest computes them)."""
     from edrules.domains import address_domain
+    from edrules.ingest.load import MESSAGES_SCHEMA, message_row
 
-    names = MessageFacts.column_names()
-    msgs: dict[str, list] = {c: [] for c in names}
+    names = [n for n in MESSAGES_SCHEMA.names if n != "dkim"]
+    rows: list[tuple] = []
+    dkim: list[list] = []
     rcpts: dict[str, list] = {c: [] for c in ("dataset", "msg_key", "recipient", "recipient_domain",
                                                "recipient_source")}
     for f in facts:
-        row = f.to_row()
-        row["dkim"] = [{"d": k["d"], "s": k["s"], "result": k["result"], "org": k["org"]}
-                       for k in row["dkim"]]
-        for c in names:
-            msgs[c].append(row[c])
+        rows.append(message_row(f))
+        dkim.append([{"d": k.d, "s": k.s, "result": k.result, "org": k.org} for k in f.dkim])
         for r in f.recipients:
             rcpts["dataset"].append(f.dataset)
             rcpts["msg_key"].append(f.msg_key)
             rcpts["recipient"].append(r)
             rcpts["recipient_domain"].append(address_domain(r))
             rcpts["recipient_source"].append("envelope")
-    messages = pa.table({c: pa.array(msgs[c], _COLUMN_TYPES.get(c, pa.string())) for c in names})
+    cols = dict(zip(names, zip(*rows))) if rows else {n: () for n in names}
+    messages = pa.Table.from_arrays(
+        [pa.array(dkim if fld.name == "dkim" else list(cols[fld.name]), fld.type) for fld in MESSAGES_SCHEMA],
+        schema=MESSAGES_SCHEMA)
     recipients = pa.table({c: pa.array(v, pa.string()) for c, v in rcpts.items()})
     return messages, recipients
 

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from edrules.derive import DERIVED_COLUMNS, DERIVED_TYPES, derive
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage
@@ -23,11 +24,14 @@ _DKIM = pa.list_(
 _TYPES = {
     "received_at": pa.timestamp("us"),
     "from_invalid": pa.bool_(),
+    "from_mailboxes": pa.list_(pa.string()),
     "dkim": _DKIM,
     "score": pa.float64(),
     "size": pa.int64(),
 }
-MESSAGES_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.string())) for c in MessageFacts.column_names()])
+_DERIVED_ARROW = {"VARCHAR": pa.string(), "BOOLEAN": pa.bool_(), "VARCHAR[]": pa.list_(pa.string())}
+MESSAGES_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.string())) for c in MessageFacts.column_names()]
+                            + [(c, _DERIVED_ARROW[DERIVED_TYPES[c]]) for c in DERIVED_COLUMNS])
 RECIPIENTS_SCHEMA = pa.schema(
     [("dataset", pa.string()), ("msg_key", pa.string()), ("recipient", pa.string()),
      ("recipient_domain", pa.string()), ("recipient_source", pa.string())]
@@ -77,12 +81,14 @@ def _clean(s: str | None) -> str | None:
 _KEYED = ("dataset", "msg_key")
 
 
-_MESSAGE_ROW = attrgetter(*(n for n in MESSAGES_SCHEMA.names if n != "dkim"))
+_MESSAGE_ROW = attrgetter(*(n for n in MessageFacts.column_names() if n != "dkim"))
 _SOURCE_AT = [n for n in MESSAGES_SCHEMA.names if n != "dkim"].index("source")
 
 
-def _message_row(f) -> tuple:
-    row = _MESSAGE_ROW(f)
+def message_row(f: MessageFacts) -> tuple:
+    """A `messages` row without its dkim column, in MESSAGES_SCHEMA order."""
+    # The facts, then their derived facts (computed here, once per message, never again).
+    row = _MESSAGE_ROW(f) + derive(f).values()
     if f.source.isascii():
         return row
     # A file name that is not UTF-8 (an old Latin-1 maildir) arrives with surrogate escapes;
@@ -116,13 +122,13 @@ class Batch:
         if f.msg_key in self.keys:
             # The same bytes again in this batch: the row is kept (load counts it as a
             # duplicate), its recipients, hops and headers are not, or they would load twice.
-            self.message_rows.append(_message_row(f))
+            self.message_rows.append(message_row(f))
             self.dkim.append([])
             return
         self.keys.add(f.msg_key)
         # Every string is valid UTF-8 already: split_header_block decodes strictly (NULs
         # replaced) and decode_words cleans what RFC 2047 decoding produces.
-        self.message_rows.append(_message_row(f))
+        self.message_rows.append(message_row(f))
         self.dkim.append([{"d": x.d, "s": x.s, "result": x.result, "org": x.org} for x in f.dkim])
         self.recipient_rows.extend((mi, rc.address, rc.domain, rc.source) for rc in m.recipient_rows)
         self.hop_rows.extend((mi, *_HOP_ROW(h)) for h in m.hops)
