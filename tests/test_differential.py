@@ -1,5 +1,6 @@
-"""Differential test: the SQL and runtime backends give identical verdicts on every corpus folder
-and on hypothesis-generated facts and policies (docs/rules.md is the one semantics)."""
+"""Differential test: the SQL and runtime backends give identical verdicts (action, category, rule
+id and reason text) on every corpus folder and on hypothesis-generated facts and policies
+(docs/rules.md is the one semantics)."""
 
 from __future__ import annotations
 
@@ -54,14 +55,15 @@ def as_packed(policy: Policy) -> Policy:
 def runtime_rows(policy: Policy, facts: list[MessageFacts], now: datetime = NOW) -> Counter:
     ev = RuntimeEvaluator(policy)
     return Counter(
-        (f.dataset, f.msg_key, v.recipient, str(v.action), v.category, v.rule_id)
+        (f.dataset, f.msg_key, v.recipient, str(v.action), v.category, v.rule_id, v.reason)
         for f in facts for v in ev.evaluate(f, now=now)
     )
 
 
 def sql_rows(con: duckdb.DuckDBPyConnection, policy: Policy, now: datetime = NOW) -> Counter:
     t = evaluate_sql(con, policy, now=now)
-    cols = [t.column(c).to_pylist() for c in ("dataset", "msg_key", "recipient", "action", "category", "rule_id")]
+    cols = [t.column(c).to_pylist()
+            for c in ("dataset", "msg_key", "recipient", "action", "category", "rule_id", "reason")]
     return Counter(zip(*cols))
 
 
@@ -164,7 +166,7 @@ def test_sql_and_runtime_agree_on_every_corpus_folder_under_every_pack(corpus_db
         sql, rt = sql_rows(con, policy), runtime_rows(policy, facts)
         assert sum(sql.values()) == con.execute("SELECT count(*) FROM recipients").fetchall()[0][0]
         assert_same(sql, rt)
-        for (_, _, _, action, category, rule_id), n in sql.items():
+        for (_, _, _, action, category, rule_id, _), n in sql.items():
             seen[(name, category)] += n
     categories = {c for _, c in seen}
     # Each pack decides something, and all decision categories occur across the packs.

@@ -1,7 +1,8 @@
 """Runtime backend: per-message verdicts from in-memory indices built once per policy.
 
-Implements docs/rules.md "Semantics" exactly; tests/test_differential.py holds it to the SQL
-backend. The gateway imports this module, so it must never import pandas or duckdb.
+Driven by the tables of edrules/rules/semantics.py over the derived facts of edrules/derive.py
+(docs/rules.md "Semantics"); tests/test_differential.py holds it to the SQL backend, reasons
+included. The gateway imports this module, so it must never import pandas or duckdb.
 """
 
 from __future__ import annotations
@@ -11,26 +12,16 @@ import socket
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Iterable
+from operator import attrgetter
+from typing import Callable, Iterable
 
+from edrules.derive import DERIVED_COLUMNS, DerivedFacts, derive
 from edrules.facts import Action, MessageFacts, TraceStep, Verdict
-from edrules.rules.model import (
-    BulkPolicy,
-    Entry,
-    EntryKind,
-    FromPolicy,
-    Policy,
-    ProviderDef,
-    ScopeKind,
-    ViaKind,
-)
+from edrules.rules import semantics as sem
+from edrules.rules.model import BulkPolicy, Entry, EntryKind, FromPolicy, ListKind, Policy, ScopeKind, ViaKind
 
 # IPv6 addresses live above the IPv4 space in one integer line, so one sorted array holds both.
 _V6_OFFSET = 1 << 32
-_STRICT, _ALIGNED = FromPolicy.STRICT, FromPolicy.ALIGNED
-_DMARC_ENFORCING = ("quarantine", "reject")
-# Roles of a probed identity value (bit mask: one value can be both, e.g. From = envelope).
-_ENV, _HDR = 1, 2
 # Scope kinds as small ints for the per-recipient check.
 _GLOBAL, _SDOMAIN, _SUSER = 0, 1, 2
 
@@ -107,26 +98,40 @@ def _suffix_under(domain: str | None, suffixes: tuple[str, ...]) -> bool:
     return any(domain == s or domain.endswith("." + s) for s in suffixes)
 
 
+
 @dataclass(frozen=True, slots=True)
 class _Ref:
-    """One entry as the index holds it: which list, its file position, how it may match."""
+    """One entry as the index holds it: its list, file position, gates and proofs."""
 
     allow: bool
     pos: int  # position in its list: the first matching position decides
     entry: Entry
-    pair: bool
+    gates: dict[str, str]  # identity field -> gate (semantics.gates_for)
+    checks: tuple[tuple[str, tuple[str, ...]], ...]  # a pair's proofs: (check, suffixes), in order
     scope_kind: int
     scope_value: str | None
+    describe: str
     via_lo: int | None = None  # CIDR bounds of a `via: <CIDR>` pair
     via_hi: int | None = None
 
 
-def _ref(e: Entry, pos: int, allow: bool) -> _Ref:
+def _grouped(checks: list[tuple[str, str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(check, suffix) rows as (check, suffixes) in semantics.CHECKS order."""
+    by: dict[str, list[str]] = {}
+    for c, v in checks:
+        by.setdefault(c, []).append(v)
+    return tuple((c, tuple(by[c])) for c in sem.CHECKS if c in by)
+
+
+def _ref(e: Entry, pos: int, allow: bool, mode: FromPolicy, providers) -> _Ref:
     via_lo = via_hi = None
     if e.via is not None and e.via.kind is ViaKind.CIDR:
         via_lo, via_hi = cidr_range(e.via.value)
     kind = {ScopeKind.GLOBAL: _GLOBAL, ScopeKind.DOMAIN: _SDOMAIN, ScopeKind.USER: _SUSER}[e.scope.kind]
-    return _Ref(allow, pos, e, e.via is not None, kind, e.scope.value, via_lo, via_hi)
+    lst = ListKind.ALLOW if allow else ListKind.BLOCK
+    return _Ref(allow, pos, e, sem.gates_for(mode, lst, sem.entry_form(e)),
+                _grouped(sem.via_checks(e, providers)), kind, e.scope.value, sem.describe_entry(e),
+                via_lo, via_hi)
 
 
 class _Bucket:
@@ -151,42 +156,52 @@ def _scope_key(r: _Ref) -> str:
     return ("d:" if r.scope_kind == _SDOMAIN else "u:") + (r.scope_value or "")
 
 
-@dataclass(slots=True)
-class _Msg:
-    """Derived facts of one message (docs/rules.md "Derived facts"), computed once."""
+class _Values:
+    """Template values of one message: extras, then derived facts, then facts (semantics.render)."""
 
-    f: MessageFacts
-    env_org: str | None
-    env_domain: str | None
-    header_ok: bool
-    env_ok: bool  # the envelope does not claim the organisation DMARC says disowned this message
-    spf_pass: bool
-    spf_aligned: bool
-    aligned_auth: bool
-    forgery: bool
-    dmarc_enforced_fail: bool
-    dkim_pass: tuple[str, ...]  # d= of passing signatures
-    ip: int | None
-    allow_roles: int  # which identity roles plain allow entries may match (docs/rules.md table)
+    __slots__ = ("extra", "d", "f")
+
+    def __init__(self, f: MessageFacts, d: DerivedFacts, extra: dict):
+        self.f, self.d, self.extra = f, d, extra
+
+    def get(self, name: str):
+        if name in self.extra:
+            return self.extra[name]
+        if name in _DERIVED:
+            return getattr(self.d, name)
+        return getattr(self.f, name, None)
 
 
-# A hit: (position, ref, identity name, matched value, via evidence or None).
+_DERIVED = frozenset(DERIVED_COLUMNS)
+
+
+def _column(name: str) -> Callable[[MessageFacts, DerivedFacts], object]:
+    """Accessor of a message column: derived facts first, then the facts."""
+    get = attrgetter(name)
+    if name in _DERIVED:
+        return lambda f, d: get(d)
+    return lambda f, d: get(f)
+
+
+# A hit: (position, identity rank, ref, identity label, matched value, proof or None).
 _Hit = tuple
 
 
 class RuntimeEvaluator:
     """Evaluate MessageFacts against one Policy; indices are built once in __init__.
 
-    Both lists share one hash map from a value (address or domain) to the entries naming it,
-    and CIDR interval indices; a message probes its few identity values (and the parents of
-    its domains, for `subdomains`) once and collects the matching global entries; each
-    recipient adds the entries scoped to its domain or address (looked up by key), and the
+    Each entry kind has a hash map from a value (address or domain) to the entries naming it,
+    and CIDR interval indices; a message probes its identity values (semantics.IDENTITIES, and
+    the parents of its domains for `subdomains`) once and collects the matching global entries;
+    each recipient adds the entries scoped to its domain or address (looked up by key), and the
     lowest file position decides. No step scans the entry lists.
     """
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self._by_value: dict[str, _Bucket] = {}
+        self._mode = mode = FromPolicy(policy.from_policy)
+        providers = dict(policy.providers)
+        self._by_kind: dict[EntryKind, dict[str, _Bucket]] = {}
         self._ip_refs: list[_Ref] = []
         ip_global: list[tuple[int, int, int]] = []
         ip_scoped: dict[str, list[tuple[int, int, int]]] = {}
@@ -194,8 +209,8 @@ class RuntimeEvaluator:
         # The list an entry sits in decides allow/block (not Entry.list, which merely repeats it).
         for allow, entries in ((True, policy.allow), (False, policy.block)):
             for pos, e in enumerate(entries):
-                r = _ref(e, pos, allow)
-                if e.kind is EntryKind.IP:
+                r = _ref(e, pos, allow, mode, providers)
+                if sem.KIND_MATCHERS[e.kind] is sem.Matcher.CIDR:
                     lo, hi = cidr_range(e.value)
                     rng = (lo, hi, len(self._ip_refs))
                     self._ip_refs.append(r)
@@ -204,9 +219,10 @@ class RuntimeEvaluator:
                     else:
                         ip_scoped.setdefault(_scope_key(r), []).append(rng)
                 else:
-                    bucket = self._by_value.get(e.value)
+                    values = self._by_kind.setdefault(e.kind, {})
+                    bucket = values.get(e.value)
                     if bucket is None:
-                        bucket = self._by_value[e.value] = _Bucket()
+                        bucket = values[e.value] = _Bucket()
                     bucket.add(r)
                     self._has_sub = self._has_sub or e.subdomains
         self._ip = IntervalIndex(ip_global)
@@ -214,37 +230,55 @@ class RuntimeEvaluator:
         self._relays = IntervalIndex(
             (lo, hi, i) for i, (lo, hi) in enumerate(cidr_range(c) for c in policy.inbound_relays)
         )
-        self._providers: dict[str, ProviderDef] = dict(policy.providers)
+        # The identities worth probing: of a kind the policy has entries of, in table order.
+        # A role whose every gate is a column (a malformed From's mailboxes) is probed only
+        # when one of those columns holds for the message.
+        role_gates: dict[str, set[str]] = {}
+        for g in sem.GATES:
+            if g.under(mode) is not None:
+                role_gates.setdefault(g.role, set()).add(g.under(mode))
+        self._probes: list[tuple[int, sem.Identity, Callable, tuple[Callable, ...]]] = []
+        for rank, ident in enumerate(sem.IDENTITIES):
+            if ident.kind not in self._by_kind or ident.role not in role_gates:
+                continue
+            gates = role_gates[ident.role]
+            needs = () if gates & {sem.ALWAYS, sem.VIA} else tuple(_column(g) for g in sorted(gates))
+            self._probes.append((rank, ident, _column(ident.field), needs))
+        self._gate = {g: _column(g) for g in {*(x for s in role_gates.values() for x in s)} - {sem.ALWAYS, sem.VIA}}
         self._actions = {k: Action(v) for k, v in policy.actions.items()}
-        self._mode = FromPolicy(policy.from_policy)
         self._bulk = {k: BulkPolicy(v) for k, v in policy.bulk_mailers.items()}
+        self._bulk_checks = {name: _grouped(sem.provider_checks(p)) for name, p in providers.items()}
+        self._forgery = tuple((_column(col), neg) for col, neg in sem.FORGERY[mode])
+        self._forgery_reasons = tuple((_column(c) if c else None, t) for c, t in sem.forgery_reasons(mode))
         # Outcomes of steps 6-7 for mail that is not a forgery do not depend on the message:
         # built once, so the common path allocates nothing but the Verdict.
-        not_forgery = TraceStep("from_policy", f"{self._mode}: not a forgery")
+        not_forgery = TraceStep("from_policy", f"{mode}: not a forgery")
         self._not_forgery_outcome = {
-            c: (self._actions[c], c, f"the upstream scanner classified it as {c}", f"category:{c}",
+            c: (self._actions[c], c, self._fixed_reason(c), sem.STEPS[c].rule_id,
                 (not_forgery, TraceStep("category", c)))
             for c in ("phishing", "spam")
         }
-        self._clean_outcome = (
-            Action.DELIVER, "clean",
-            "no rule matched and it is not classified as malware, phishing or spam",
-            "default", (not_forgery,),
-        )
+        self._clean_outcome = (Action.DELIVER, "clean", self._fixed_reason("clean"), "default", (not_forgery,))
+
+    def _fixed_reason(self, category: str) -> str:
+        return sem.render(sem.STEPS[category].reason, {"mode": str(self._mode)})
 
     # -- public ------------------------------------------------------------------------
 
-    def evaluate(self, facts: MessageFacts, now: datetime | None = None) -> list[Verdict]:
-        """One Verdict per recipient, in facts.recipients order."""
+    def evaluate(self, facts: MessageFacts, now: datetime | None = None,
+                 derived: DerivedFacts | None = None) -> list[Verdict]:
+        """One Verdict per recipient, in facts.recipients order. `derived` is derive(facts)
+        when the caller already has it (a dataset row carries it); computed here otherwise."""
         if not facts.recipients:
             return []
-        m = self._derive(facts)
-        pre = self._message_level_before_lists(m)
+        d = derived if derived is not None else derive(facts)
+        ip = ip_to_int(facts.client_ip)
+        pre = self._message_level_before_lists(facts, d, ip)
         if pre is not None:
             return [Verdict(r, *pre) for r in facts.recipients]
         today = _utc_date(now)
-        block_hits, allow_hits, scoped = self._collect(m, today)
-        scoped_ips = bool(self._ip_scoped) and m.ip is not None
+        block_hits, allow_hits, scoped = self._collect(facts, d, ip, today)
+        scoped_ips = bool(self._ip_scoped) and ip is not None
         post: tuple | None = None  # steps 4-7 do not depend on the recipient: computed once
         out: list[Verdict] = []
         for rcpt in facts.recipients:
@@ -254,220 +288,166 @@ class RuntimeEvaluator:
                 # Entries scoped to this recipient's domain or address: looked up, then the
                 # lowest file position across global and scoped hits decides.
                 keys = ("d:" + rcpt.rpartition("@")[2] if "@" in rcpt else None, "u:" + rcpt)
-                sb, sa = self._scoped_hits(m, scoped, keys, today)
-                if sb and (block is None or sb[0][0] < block[0]):
+                sb, sa = self._scoped_hits(facts, d, ip, scoped, keys, today)
+                if sb and (block is None or sb[0][:2] < block[:2]):
                     block = sb[0]
-                if sa and (allow is None or sa[0][0] < allow[0]):
+                if sa and (allow is None or sa[0][:2] < allow[:2]):
                     allow = sa[0]
             if block is not None:
-                out.append(Verdict(rcpt, *self._entry_verdict(block, "block")))
+                out.append(Verdict(rcpt, *self._entry_verdict(block, facts, d)))
             elif allow is not None:
-                out.append(Verdict(rcpt, *self._entry_verdict(allow, "allow")))
+                out.append(Verdict(rcpt, *self._entry_verdict(allow, facts, d)))
             else:
                 if post is None:
-                    post = self._message_level_after_lists(m)
+                    post = self._message_level_after_lists(facts, d)
                 out.append(Verdict(rcpt, *post))
         return out
 
-    # -- derived facts -----------------------------------------------------------------
+    def provider_proof(self, name: str, f: MessageFacts, d: DerivedFacts) -> str | None:
+        """The evidence that provider `name` (a catalog entry frozen in the pack) sent this
+        message, or None when it is not authenticated."""
+        checks = self._bulk_checks.get(name)
+        return self._proof(checks, f, d, None) if checks else None
 
-    def _derive(self, f: MessageFacts) -> _Msg:
-        if f.envelope_from == "":
-            env_domain, env_org = f.helo, f.helo_org
-        else:
-            env_domain, env_org = f.envelope_from_domain, f.envelope_from_org
-        hfo = f.header_from_org
-        enforced_fail = f.dmarc == "fail" and f.dmarc_policy in _DMARC_ENFORCING
-        header_ok = not f.from_invalid and not enforced_fail
-        env_ok = not (enforced_fail and env_org is not None and env_org == hfo)
-        spf_pass = f.spf == "pass"
-        spf_aligned = spf_pass and env_org is not None and env_org == hfo
-        dkim_pass: tuple[str, ...] = ()
-        dkim_aligned = False
-        if f.dkim:
-            dkim_pass = tuple(s.d for s in f.dkim if s.result == "pass" and s.d)
-            dkim_aligned = hfo is not None and any(
-                s.result == "pass" and s.org == hfo for s in f.dkim
-            )
-        aligned_auth = f.dmarc == "pass" or spf_aligned or dkim_aligned
-        mode = self._mode
-        if not header_ok:
-            forgery = True
-        elif mode is _STRICT:
-            forgery = hfo is not None and env_org is not None and hfo != env_org
-        elif mode is _ALIGNED:
-            forgery = not aligned_auth
-        else:
-            forgery = False
-        if mode is _STRICT:
-            allow_roles = _ENV if env_ok else 0
-        elif mode is _ALIGNED:
-            allow_roles = (_ENV if spf_pass and env_ok else 0) | (_HDR if header_ok and aligned_auth else 0)
-        else:
-            allow_roles = (_ENV if env_ok else 0) | (_HDR if header_ok else 0)
-        return _Msg(f, env_org, env_domain, header_ok, env_ok, spf_pass, spf_aligned, aligned_auth,
-                    forgery, enforced_fail, dkim_pass, ip_to_int(f.client_ip), allow_roles)
+    def pair_proof(self, e: Entry, f: MessageFacts, d: DerivedFacts) -> str | None:
+        """The evidence that a pair's infrastructure side holds, or None."""
+        r = _ref(e, 0, e.list == ListKind.ALLOW, self._mode, dict(self.policy.providers))
+        return self._via_proof(r, f, d, ip_to_int(f.client_ip))
 
-    def _provider_authenticated(self, m: _Msg, name: str) -> str | None:
-        """Evidence text when provider `name` is authenticated for this message, else None."""
-        p = self._providers.get(name)
-        if p is None:
-            return None
-        if m.spf_pass and _suffix_under(m.env_domain, p.envelope_suffixes):
-            return f"SPF pass for {m.env_domain}"
-        for d in m.dkim_pass:
-            if _suffix_under(d, p.dkim_domains):
-                return f"DKIM pass d={d}"
+    # -- proofs --------------------------------------------------------------------------
+
+    def _proof(self, checks, f: MessageFacts, d: DerivedFacts, ip: int | None,
+               r: _Ref | None = None) -> str | None:
+        """The first check (semantics.CHECKS order) that holds, as its proof text."""
+        for name, suffixes in checks:
+            c = sem.CHECKS[name]
+            if c.fact == "spf":
+                if d.spf_pass and _suffix_under(getattr(d if c.field in _DERIVED else f, c.field), suffixes):
+                    return sem.render(c.proof, _Values(f, d, {}))
+            elif c.fact == "dkim":
+                for s in f.dkim:
+                    if s.result == "pass" and s.d and _suffix_under(s.d, suffixes):
+                        return sem.render(c.proof, {"dkim_d": s.d})
+            elif r is not None and ip is not None and r.via_lo is not None and r.via_lo <= ip <= r.via_hi:
+                return sem.render(c.proof, {"client_ip": f.client_ip, "via": r.entry.via.value})
         return None
+
+    def _via_proof(self, r: _Ref, f: MessageFacts, d: DerivedFacts, ip: int | None) -> str | None:
+        proof = self._proof(r.checks, f, d, ip, r)
+        if proof is not None and r.entry.via.kind is ViaKind.PROVIDER:
+            return sem.render(sem.PROVIDER_PROOF, {"via": r.entry.via.value, "proof": proof})
+        return proof
 
     # -- steps 0, 1 and 4-7 ------------------------------------------------------------
 
-    def _message_level_before_lists(self, m: _Msg) -> tuple | None:
-        f = m.f
-        if self.policy.inbound_enforce and (m.ip is None or not self._relays.lookup(m.ip)):
+    def _message_level_before_lists(self, f: MessageFacts, d: DerivedFacts, ip: int | None) -> tuple | None:
+        if self.policy.inbound_enforce and (ip is None or not self._relays.lookup(ip)):
             return (
-                Action.REJECT, "inbound",
-                f"client IP {f.client_ip or 'unknown'} is outside the inbound relays and "
-                f"inbound.enforce is on",
+                Action.REJECT, "inbound", sem.render(sem.STEPS["inbound"].reason, _Values(f, d, {})),
                 "inbound:relays",
                 (TraceStep("inbound", f"client_ip={f.client_ip} not in {list(self.policy.inbound_relays)}"),),
             )
         if f.category == "malware":
-            return (
-                self._actions["malware"], "malware",
-                "the upstream scanner found malware; allow entries never override malware",
-                "category:malware",
-                (TraceStep("category", "malware"),),
-            )
+            return (self._actions["malware"], "malware", self._fixed_reason("malware"), "category:malware",
+                    (TraceStep("category", "malware"),))
         return None
 
-    def _message_level_after_lists(self, m: _Msg) -> tuple:
-        f = m.f
+    def _message_level_after_lists(self, f: MessageFacts, d: DerivedFacts) -> tuple:
         bp = f.bulk_provider
         bulk = self._bulk.get(bp) if bp else None
         if bulk is BulkPolicy.BLOCK:
-            return (
-                self._actions["bulk"], "bulk",
-                f"mail from the {bp} network is blocked by bulk_mailers",
-                f"bulk:{bp}",
-                (TraceStep("bulk_provider", f"{bp}: block"),),
-            )
-        if not m.forgery:
+            v = _Values(f, d, {})
+            return (self._actions["bulk"], "bulk", sem.render(sem.STEPS["bulk"].reason, v),
+                    sem.render(sem.STEPS["bulk"].rule_id, v), (TraceStep("bulk_provider", f"{bp}: block"),))
+        if not any(bool(get(f, d)) != neg for get, neg in self._forgery):
             return self._not_forgery_outcome.get(f.category) or self._clean_outcome
         # The exemption never covers mail the From domain's owner disowned (DMARC p=quarantine/reject):
         # anyone with an account at the provider could otherwise send as that domain.
-        exempt = (self._provider_authenticated(m, bp)
-                  if bulk is BulkPolicy.ALLOW and m.header_ok else None)
+        exempt = self.provider_proof(bp, f, d) if bulk is BulkPolicy.ALLOW and d.header_ok else None
         if exempt is None:
-            trace = [TraceStep("from_policy", f"{self._mode}: {self._forgery_evidence(m)}")]
+            trace = [TraceStep("from_policy", f"{self._mode}: {self._forgery_evidence(f, d)}")]
             if bulk is BulkPolicy.ALLOW:
-                why = "but not authenticated" if m.header_ok else "but DMARC disowns the From"
+                why = "but not authenticated" if d.header_ok else "but DMARC disowns the From"
                 trace.append(TraceStep("bulk_provider", f"{bp}: allow, {why}"))
-            return (
-                self._actions["forgery"], "forgery", self._forgery_reason(m),
-                f"from_policy:{self._mode}", tuple(trace),
-            )
+            return (self._actions["forgery"], "forgery", self.forgery_reason(f, d),
+                    f"from_policy:{self._mode}", tuple(trace))
         note = TraceStep("bulk_provider", f"{bp}: allow, authenticated by {exempt}; forgery check waived")
         if f.category == "phishing" or f.category == "spam":
-            return (
-                self._actions[f.category], f.category,
-                f"the upstream scanner classified it as {f.category}",
-                f"category:{f.category}",
-                (note, TraceStep("category", f.category)),
-            )
+            c = f.category
+            return (self._actions[c], c, self._fixed_reason(c), sem.STEPS[c].rule_id,
+                    (note, TraceStep("category", c)))
         return (*self._clean_outcome[:4], (note,))
 
-    def _forgery_reason(self, m: _Msg) -> str:
+    def forgery_reason(self, f: MessageFacts, d: DerivedFacts) -> str:
         """Plain English, built only for forgery verdicts (it is the explain sentence's tail)."""
-        f, mode, hfo = m.f, self._mode, m.f.header_from_org
-        if f.from_invalid:
-            return f"the From header is missing, repeated or holds several mailboxes under the {mode} From-policy"
-        if m.dmarc_enforced_fail:
-            return (f"DMARC failed for header From {hfo}, whose owner publishes p={f.dmarc_policy}, "
-                    f"under the {mode} From-policy")
-        if mode is _STRICT:
-            sender = "the HELO name" if f.envelope_from == "" else "the envelope sender"
-            return f"header From {hfo} does not match {sender} {m.env_org} under the strict From-policy"
-        return (f"header From {hfo} has no aligned authentication (DMARC {f.dmarc or 'unknown'}, "
-                f"SPF {'aligned pass' if m.spf_aligned else f.spf or 'unknown'} for {m.env_org}, "
-                f"no passing DKIM signature of {hfo}) under the aligned From-policy")
+        for cond, template in self._forgery_reasons:
+            if cond is None or cond(f, d):
+                return sem.render(template, _Values(f, d, {"mode": str(self._mode)}))
+        return sem.render(sem.FORGERY_REASONS[0][2], {"mode": str(self._mode)})  # unreachable: see FORGERY
 
-    def _forgery_evidence(self, m: _Msg) -> str:
-        f = m.f
+    def _forgery_evidence(self, f: MessageFacts, d: DerivedFacts) -> str:
         if f.from_invalid:
             return "from_invalid"
-        if not m.header_ok:
+        if not d.header_ok:
             return f"dmarc={f.dmarc} p={f.dmarc_policy}"
-        if self._mode is _STRICT:
-            return f"header_from_org={f.header_from_org} env_org={m.env_org}"
-        return f"dmarc={f.dmarc} spf={f.spf} spf_aligned={m.spf_aligned} dkim_aligned=none"
+        if self._mode is FromPolicy.STRICT:
+            return f"header_from_org={f.header_from_org} env_org={d.env_org}"
+        return f"dmarc={f.dmarc} spf={f.spf} spf_aligned={d.spf_aligned} dkim_aligned={d.dkim_aligned}"
 
     # -- steps 2 and 3: list entries ---------------------------------------------------
 
-    def _collect(self, m: _Msg, today: date) -> tuple[list[_Hit], list[_Hit], list[tuple]]:
+    def _collect(self, f: MessageFacts, d: DerivedFacts, ip: int | None,
+                 today: date) -> tuple[list[_Hit], list[_Hit], list[tuple]]:
         """Global entries matching this message, per list in file order, and the probes whose
         buckets also hold scoped entries (resolved per recipient by _scoped_hits)."""
-        f = m.f
         block: list[_Hit] = []
         allow: list[_Hit] = []
         scoped: list[tuple] = []
-        get = self._by_value.get
-        # Probe each identity value once (one value may carry both roles); most probes miss,
-        # so only hits are materialised: (value, roles, is_parent, is_sender, bucket).
-        found: list[tuple[str, int, bool, bool, _Bucket]] = []
-        ef, hf = f.envelope_from, f.header_from
-        if ef and ef == hf:
-            b = get(ef)
-            if b is not None:
-                found.append((ef, _ENV | _HDR, False, True, b))
-        else:
-            if ef:
-                b = get(ef)
-                if b is not None:
-                    found.append((ef, _ENV, False, True, b))
-            if hf:
-                b = get(hf)
-                if b is not None:
-                    found.append((hf, _HDR, False, True, b))
-        efd, hfd = f.envelope_from_domain, f.header_from_domain
+        # Probe each identity value once; most probes miss, so only hits are materialised:
+        # (rank, identity, value shown, is_parent, bucket).
+        found: list[tuple] = []
         has_sub = self._has_sub
-        for d, roles in (((efd, _ENV | _HDR),) if efd and efd == hfd
-                         else ((efd, _ENV), (hfd, _HDR))):
-            if not d:
+        for rank, ident, get, needs in self._probes:
+            if needs and not any(n(f, d) for n in needs):
                 continue
-            b = get(d)
-            if b is not None:
-                found.append((d, roles, False, False, b))
-            if has_sub:  # walk up the parents for `subdomains: true` entries
-                i = d.find(".")
-                while i >= 0:
-                    parent = d[i + 1:]
-                    if parent:
-                        b = get(parent)
+            raw = get(f, d)
+            if not raw:
+                continue
+            if ident.kind is EntryKind.IP:
+                continue  # interval index, below
+            values = self._by_kind[ident.kind]
+            for v in (raw if ident.many else (raw,)):
+                b = values.get(v)
+                if b is not None:
+                    found.append((rank, ident, v, False, b))
+                if has_sub and ident.kind is EntryKind.DOMAIN:  # parents, for `subdomains: true`
+                    i = v.find(".")
+                    while i >= 0:
+                        b = values.get(v[i + 1:])
                         if b is not None:
-                            found.append((parent, roles, True, False, b))
-                    i = d.find(".", i + 1)
+                            found.append((rank, ident, v, True, b))
+                        i = v.find(".", i + 1)
         for probe in found:
             bucket = probe[4]
             for r in bucket.glob:
-                hit = self._accept(r, m, probe, today)
+                hit = self._accept(r, f, d, ip, probe, today)
                 if hit is not None:
                     (allow if r.allow else block).append(hit)
             if bucket.scoped:
                 scoped.append(probe)
-        if m.ip is not None and self._ip_refs:
-            for i in self._ip.lookup(m.ip):
-                hit = self._accept_ip(self._ip_refs[i], m, today)
+        if ip is not None and self._ip_refs:
+            for i in self._ip.lookup(ip):
+                hit = self._accept_ip(self._ip_refs[i], f, d, today)
                 if hit is not None:
-                    (allow if hit[1].allow else block).append(hit)
+                    (allow if hit[2].allow else block).append(hit)
         if len(block) > 1:
-            block.sort(key=_pos)
+            block.sort(key=_order)
         if len(allow) > 1:
-            allow.sort(key=_pos)
+            allow.sort(key=_order)
         return block, allow, scoped
 
-    def _scoped_hits(self, m: _Msg, scoped: list[tuple], keys: tuple[str | None, str],
-                     today: date) -> tuple[list[_Hit], list[_Hit]]:
+    def _scoped_hits(self, f: MessageFacts, d: DerivedFacts, ip: int | None, scoped: list[tuple],
+                     keys: tuple[str | None, str], today: date) -> tuple[list[_Hit], list[_Hit]]:
         """Hits among entries scoped to one recipient (its domain key, its address key)."""
         block: list[_Hit] = []
         allow: list[_Hit] = []
@@ -476,91 +456,72 @@ class RuntimeEvaluator:
                 continue
             for probe in scoped:
                 for r in probe[4].scoped.get(key, ()):
-                    hit = self._accept(r, m, probe, today)
+                    hit = self._accept(r, f, d, ip, probe, today)
                     if hit is not None:
                         (allow if r.allow else block).append(hit)
             idx = self._ip_scoped.get(key)
-            if idx is not None and m.ip is not None:
-                for i in idx.lookup(m.ip):
-                    hit = self._accept_ip(self._ip_refs[i], m, today)
+            if idx is not None and ip is not None:
+                for i in idx.lookup(ip):
+                    hit = self._accept_ip(self._ip_refs[i], f, d, today)
                     if hit is not None:
-                        (allow if hit[1].allow else block).append(hit)
+                        (allow if hit[2].allow else block).append(hit)
         if len(block) > 1:
-            block.sort(key=_pos)
+            block.sort(key=_order)
         if len(allow) > 1:
-            allow.sort(key=_pos)
+            allow.sort(key=_order)
         return block, allow
 
-    def _accept(self, r: _Ref, m: _Msg, probe: tuple, today: date) -> _Hit | None:
-        """The hit when entry r matches the probed identity under docs/rules.md, else None."""
-        value, roles, is_parent, is_sender, _ = probe
+    def _accept(self, r: _Ref, f: MessageFacts, d: DerivedFacts, ip: int | None, probe: tuple,
+                today: date) -> _Hit | None:
+        """The hit when entry r may match the probed identity (semantics.GATES), else None."""
+        rank, ident, value, is_parent, _ = probe
         e = r.entry
         if is_parent and not e.subdomains:
             return None
         if e.expires is not None and e.expires < today:
             return None
-        evidence = None
-        if r.pair:  # header From side only, trusted only when header_ok, infrastructure proven
-            if not (roles & _HDR) or not m.header_ok:
+        gate = r.gates.get(ident.field)
+        if gate is None:
+            return None
+        proof = None
+        if gate == sem.VIA:
+            if not d.header_ok:
                 return None
-            evidence = self._via_authenticated(r, m)
-            if evidence is None:
+            proof = self._via_proof(r, f, d, ip)
+            if proof is None:
                 return None
-            role = _HDR
-        elif r.allow:
-            ok = roles & m.allow_roles
-            if not ok:
-                return None
-            role = _ENV if ok & _ENV else _HDR
-        else:  # blocks match unauthenticated identities
-            role = _ENV if roles & _ENV else _HDR
-        name = ("envelope sender" if role == _ENV else "header From") + ("" if is_sender else " domain")
-        f = m.f
-        shown = value if not is_parent else (f.envelope_from_domain if role == _ENV else f.header_from_domain)
-        return (r.pos, r, name, shown, evidence)
+        elif gate != sem.ALWAYS and not self._gate[gate](f, d):
+            return None
+        return (r.pos, rank, r, ident.label, value, proof)
 
-    @staticmethod
-    def _accept_ip(r: _Ref, m: _Msg, today: date) -> _Hit | None:
+    def _accept_ip(self, r: _Ref, f: MessageFacts, d: DerivedFacts, today: date) -> _Hit | None:
         e = r.entry
         if e.expires is not None and e.expires < today:
             return None
-        return (r.pos, r, "client IP", m.f.client_ip, None)
-
-    def _via_authenticated(self, r: _Ref, m: _Msg) -> str | None:
-        """Evidence that a pair's infrastructure side is authenticated, else None."""
-        via = r.entry.via
-        assert via is not None
-        if via.kind is ViaKind.PROVIDER:
-            ev = self._provider_authenticated(m, via.value)
-            return f"{via.value} authenticated by {ev}" if ev else None
-        if via.kind is ViaKind.DOMAIN:
-            f = m.f
-            if m.spf_pass and _suffix_under(f.envelope_from_domain, (via.value,)):
-                return f"SPF pass for {f.envelope_from_domain}"
-            for d in m.dkim_pass:
-                if _suffix_under(d, (via.value,)):
-                    return f"DKIM pass d={d}"
+        rank, ident = _IP_IDENTITY
+        gate = r.gates.get(ident.field)
+        if gate is None or (gate != sem.ALWAYS and not self._gate[gate](f, d)):
             return None
-        if m.ip is not None and r.via_lo is not None and r.via_lo <= m.ip <= r.via_hi:
-            return f"client IP {m.f.client_ip} in {via.value}"
-        return None
+        return (r.pos, rank, r, ident.label, f.client_ip, None)
 
-    def _entry_verdict(self, hit: _Hit, kind: str) -> tuple:
-        _, r, identity, value, evidence = hit
+    def _entry_verdict(self, hit: _Hit, f: MessageFacts, d: DerivedFacts) -> tuple:
+        _, _, r, identity, value, proof = hit
         e = r.entry
-        target = f"{e.kind} {e.value}" + (" and subdomains" if e.subdomains else "")
-        if e.via is not None:
-            target += f" via {e.via.value}"
-        reason = f"{kind} entry {e.id} ({target}) matched the {identity} {value}"
-        trace = [TraceStep(kind, f"{e.id}: {target} = {identity} {value}")]
-        if evidence:
-            reason += f", {evidence}"
-            trace.append(TraceStep("via", evidence))
+        kind = "allow" if r.allow else "block"
+        step = sem.STEPS[kind]
+        reason = sem.render(step.reason, {"list": kind, "entry": r.describe, "identity": identity, "value": value})
+        trace = [TraceStep(kind, f"{e.id}: {r.describe} = {identity} {value}")]
+        if proof:
+            reason += sem.render(sem.ENTRY_PROOF, {"proof": proof})
+            trace.append(TraceStep("via", proof))
         if r.scope_kind != _GLOBAL:
             trace.append(TraceStep("scope", str(e.scope)))
-        action = Action.DELIVER if kind == "allow" else self._actions["block"]
+        action = Action.DELIVER if r.allow else self._actions["block"]
         return action, kind, reason, e.id, tuple(trace)
 
 
-def _pos(hit: _Hit) -> int:
-    return hit[0]
+_IP_IDENTITY = next((rank, i) for rank, i in enumerate(sem.IDENTITIES) if i.kind is EntryKind.IP)
+
+
+def _order(hit: _Hit) -> tuple[int, int]:
+    return hit[0], hit[1]

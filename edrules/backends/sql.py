@@ -1,4 +1,5 @@
-"""SQL backend: per-recipient verdicts for a whole dataset as one DuckDB query (docs/rules.md)."""
+"""SQL backend: per-recipient verdicts for a whole dataset as one DuckDB query, generated from the
+tables of edrules/rules/semantics.py over the stored derived facts (docs/rules.md)."""
 
 from __future__ import annotations
 
@@ -12,63 +13,22 @@ import duckdb
 import pyarrow as pa
 
 from edrules.facts import MessageFacts
-from edrules.rules.model import (
-    BulkPolicy,
-    Entry,
-    EntryKind,
-    FromPolicy,
-    ListKind,
-    Policy,
-    ScopeKind,
-    ViaKind,
-)
+from edrules.rules import semantics as sem
+from edrules.rules.model import BulkPolicy, Entry, FromPolicy, ListKind, Policy, ScopeKind, ViaKind
+from edrules.rules.semantics import sql_literal
 
 # Every value a policy carries (addresses, domains, CIDRs, providers, ids, actions, the dataset
 # name, `now`) reaches DuckDB as a row of one of these registered tables; the SQL text only
-# holds table names and the fixed words of the semantics ('pass', 'fail', 'quarantine', ...).
+# holds table names, column names and the words of edrules/rules/semantics.py.
 TABLE_ROLES = ("params", "actions", "entries", "cidrs", "masks", "via_checks", "provider_checks",
-               "bulk", "probes", "ips")
+               "bulk", "rules", "ips")
 
 VERDICT_COLUMNS = ("dataset", "msg_key", "recipient", "action", "category", "reason", "rule_id")
 
-# Which message field a plain (no `via`) entry may match, and under which gate, per list and
-# From-policy (docs/rules.md, "Identities an allow entry may match"). Operators as rows: a new
-# mode is a new block of rows, not new SQL.
-_PLAIN_PROBES: dict[FromPolicy, tuple[tuple[str, str, str, str], ...]] = {
-    FromPolicy.STRICT: (
-        ("allow", "sender", "envelope_from", "env_ok"),
-        ("allow", "domain", "envelope_from_domain", "env_ok"),
-    ),
-    FromPolicy.ALIGNED: (
-        ("allow", "sender", "envelope_from", "spf_env_ok"),
-        ("allow", "sender", "header_from", "header_aligned"),
-        ("allow", "domain", "envelope_from_domain", "spf_env_ok"),
-        ("allow", "domain", "header_from_domain", "header_aligned"),
-    ),
-    FromPolicy.RELAXED: (
-        ("allow", "sender", "envelope_from", "env_ok"),
-        ("allow", "sender", "header_from", "header_ok"),
-        ("allow", "domain", "envelope_from_domain", "env_ok"),
-        ("allow", "domain", "header_from_domain", "header_ok"),
-    ),
-}
-# Blocks match unauthenticated identities in every mode; pairs match the header From side
-# when header_ok holds and the infrastructure is authenticated ("via" gate), on either list.
-_COMMON_PROBES: tuple[tuple[str, str, str, str], ...] = tuple(
-    row
-    for lst in ("allow", "block")
-    for row in (
-        (lst, "ip", "client_ip", "always"),
-        (lst, "sender", "header_from", "via"),
-        (lst, "domain", "header_from_domain", "via"),
-    )
-) + (
-    ("block", "sender", "envelope_from", "always"),
-    ("block", "sender", "header_from", "always"),
-    ("block", "domain", "envelope_from_domain", "always"),
-    ("block", "domain", "header_from_domain", "always"),
-)
-
+# Matchers (semantics.Matcher) are this backend's own: exact values and CIDRs as equi-joins,
+# domains as an equi-join on every label-wise suffix.
+_EXACT_KINDS = tuple(str(k) for k, m in sem.KIND_MATCHERS.items() if m is sem.Matcher.EXACT)
+_DOMAIN_KINDS = tuple(str(k) for k, m in sem.KIND_MATCHERS.items() if m is sem.Matcher.DOMAIN)
 
 
 def _under(domain: str, suffixes: str) -> str:
@@ -76,65 +36,73 @@ def _under(domain: str, suffixes: str) -> str:
     return f"coalesce(len(list_filter({suffixes}, lambda s: {domain} = s OR ends_with({domain}, '.' || s))) > 0, FALSE)"
 
 
-def _dkim_under(suffixes: str) -> str:
-    """SQL: some passing DKIM signature's d= equals or sits under one of `suffixes`."""
-    return (f"coalesce(len(list_filter(d.dkim, lambda k: k.result = 'pass' AND "
-            f"{_under('k.d', suffixes)})) > 0, FALSE)")
+def _dkim_pass_under(suffixes: str) -> str:
+    """SQL: the passing DKIM signatures whose d= equals or sits under one of `suffixes`, in order."""
+    return f"list_filter(d.dkim, lambda k: k.result = 'pass' AND k.d IS NOT NULL AND {_under('k.d', suffixes)})"
 
 
-# Infrastructure check token -> the SQL deciding it for message `d` against a suffix list: a
-# pair's `via` side and the bulk-mailer `allow` exemption ("provider authenticated") share them.
-_CHECKS: dict[str, str] = {
-    "spf_env_domain": "d.spf_pass AND " + _under("d.env_domain", "{x}.spf_env_domain"),
-    "spf_envelope_from_domain": "d.spf_pass AND " + _under("d.envelope_from_domain", "{x}.spf_envelope_from_domain"),
-    "dkim_d": _dkim_under("{x}.dkim_d"),
-}
+def _check_sql(name: str, x: str) -> str:
+    """SQL: does check `name` (semantics.CHECKS) hold for message `d`, with suffix lists in `x`."""
+    c = sem.CHECKS[name]
+    if c.fact == "spf":
+        return f"(d.spf_pass AND {_under('d.' + c.field, f'{x}.{name}')})"
+    if c.fact == "dkim":
+        return f"(len({_dkim_pass_under(f'{x}.{name}')}) > 0)"
+    return f"coalesce({x}.via_cidr, FALSE)"
 
 
-def _checks(x: str) -> str:
-    return "(" + " OR ".join(f"({v.format(x=x)})" for v in _CHECKS.values()) + ")"
+def _proof_sql(x: str) -> str:
+    """SQL: the proof text of the first check that holds for candidate `x` (semantics.CHECKS
+    order), NULL when none does: the same words as the runtime's."""
+    def value(name: str) -> str:
+        if name == "dkim_d":
+            return f"{_dkim_pass_under(f'{x}.dkim_d')}[1].d"
+        if name == "via":
+            return f"{x}.via_value"
+        return f"d.{name}"
+    whens = " ".join(f"WHEN {_check_sql(c, x)} THEN {sem.render_sql(sem.CHECKS[c].proof, value)}"
+                     for c in sem.CHECKS)
+    proof = f"(CASE {whens} END)"
+    wrapped = sem.render_sql(sem.PROVIDER_PROOF, lambda n: f"{x}.via_value" if n == "via" else proof)
+    return f"CASE WHEN {x}.via_kind = 'provider' AND {proof} IS NOT NULL THEN {wrapped} ELSE {proof} END"
 
 
-# Gate token -> SQL over message `d` and candidate hit `h` (a struct in the message's list).
-_GATES: dict[str, str] = {
-    "always": "TRUE",
-    "env_ok": "d.env_ok",
-    "spf_env_ok": "d.spf_pass AND d.env_ok",
-    "header_ok": "d.header_ok",
-    "header_aligned": "d.header_ok AND coalesce(d.aligned_auth, FALSE)",
-    "via": "d.header_ok AND (h.via_cidr OR " + _checks("h") + ")",
-}
+_SUFFIX_CHECKS = tuple(c for c in sem.CHECKS if sem.CHECKS[c].fact != "cidr")
 
-# Forgery per From-policy, over the derived flags of CTE `d` (docs/rules.md "Derived facts"):
-# every mode is a forgery when header_ok fails, so a stricter mode never passes what a weaker stops.
-_FORGERY: dict[FromPolicy, str] = {
-    FromPolicy.STRICT: "NOT d.header_ok OR coalesce(d.header_from_org <> d.env_org, FALSE)",
-    FromPolicy.ALIGNED: "NOT d.header_ok OR NOT d.aligned_auth",
-    FromPolicy.RELAXED: "NOT d.header_ok",
-}
 
-_REASONS: dict[str, str] = {
-    "inbound": "client IP is outside the inbound relays and inbound.enforce is on",
-    "malware": "the upstream scanner found malware; allow entries never override malware",
-    "block": "matched block entry",
-    "allow": "matched allow entry",
-    "bulk": "mail from this bulk-mail network is blocked by bulk_mailers",
-    "forgery": "forged sender",
-    "phishing": "the upstream scanner classified it as phishing",
-    "spam": "the upstream scanner classified it as spam",
-    "clean": "no rule matched and it is not classified as malware, phishing or spam",
-}
+def _provider_sql(x: str) -> str:
+    """SQL: the provider whose suffix lists `x` holds is authenticated for message `d`."""
+    return "(" + " OR ".join(_check_sql(c, x) for c in _SUFFIX_CHECKS) + ")"
+
+
+def _gate_sql(mode: FromPolicy) -> str:
+    """SQL over message `d` and candidate hit `h`: does the hit's gate hold."""
+    gates = sorted({g.under(mode) for g in sem.GATES} - {None, sem.ALWAYS, sem.VIA})
+    whens = " ".join(f"WHEN '{g}' THEN d.{g}" for g in gates)
+    return (f"CASE h.gate WHEN '{sem.ALWAYS}' THEN TRUE WHEN '{sem.VIA}' THEN d.header_ok AND h.proof IS NOT NULL "
+            f"{whens} ELSE FALSE END")
+
+
+def _forgery_sql(mode: FromPolicy) -> str:
+    return " OR ".join(f"{'NOT ' if neg else ''}d.{col}" for col, neg in sem.FORGERY[mode])
+
+
+def _forgery_reason_sql(mode: FromPolicy) -> str:
+    """SQL: semantics.FORGERY_REASONS for `mode`, over the columns of CTE m0."""
+    value = lambda n: sql_literal(str(mode)) if n == "mode" else f"m0.{n}"  # noqa: E731
+    whens = []
+    for cond, template in sem.forgery_reasons(mode):
+        text = sem.render_sql(template, value)
+        if cond is None:
+            whens.append(f"ELSE {text}")
+            break
+        whens.append(f"WHEN m0.{cond} THEN {text}")
+    return "CASE " + " ".join(whens) + " END"
 
 
 # Exactly the dotted quads `ipaddress.ip_address` accepts (no leading zeros, each part <= 255).
 _V4_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _V4_RE = rf"{_V4_OCTET}(\.{_V4_OCTET}){{3}}"
-
-# aligned_auth is only read under `aligned` (forgery and header-From gates); the DKIM list scan
-# it needs is the most expensive expression per message, so other modes skip it.
-_ALIGNED_AUTH = """coalesce(t.dmarc = 'pass', FALSE)
-           OR coalesce(spf_pass AND env_org = t.header_from_org, FALSE)
-           OR coalesce(len(list_filter(t.dkim, lambda k: k.result = 'pass' AND k.org = t.header_from_org)) > 0, FALSE)"""
 
 
 def _today(now: datetime | date | None) -> date:
@@ -177,14 +145,6 @@ def _mask(family: int, plen: int) -> tuple[int, int]:
     return m >> 64, m & 0xFFFF_FFFF_FFFF_FFFF
 
 
-def _describe(e: Entry) -> str:
-    target = f"{e.kind} {e.value}" + (" and subdomains" if e.subdomains else "")
-    if e.via is not None:
-        target += f" via {e.via.value}"
-    if e.scope.kind is not ScopeKind.GLOBAL:
-        target += f" for {e.scope}"
-    return f"{e.id} ({target})"
-
 
 def _entries(policy: Policy) -> Iterator[tuple[int, Entry]]:
     """(eid, entry) over both lists; eid is unique, `ord` (file order) is per list."""
@@ -222,23 +182,23 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
             "dataset": pa.array([dataset], pa.string()),
         }
     )
-    fixed_ids = {"inbound": "inbound:relays", "malware": "category:malware",
-                 "forgery": f"from_policy:{mode}", "phishing": "category:phishing",
-                 "spam": "category:spam", "clean": "default"}  # block/allow/bulk: per row
+    # Per category: its action and, where it does not depend on the message, its reason and
+    # rule id, rendered from semantics.STEPS as the runtime renders them.
     act_rows = []
-    for cat, reason in _REASONS.items():
+    for cat, step in sem.STEPS.items():
         action = str(actions.get(cat, "deliver"))
         if cat == "inbound":
             action = "reject"
         elif cat in ("allow", "clean"):
             action = "deliver"
-        if cat == "forgery":
-            reason = f"{reason} under the {mode} From-policy"
-        act_rows.append((cat, action, reason, fixed_ids.get(cat)))
+        fixed = bool(step.reason) and not set(sem.placeholders(step.reason)) - {"mode"}
+        act_rows.append((cat, action, sem.render(step.reason, {"mode": str(mode)}) if fixed else None,
+                         sem.render(step.rule_id, {"mode": str(mode)})
+                         if not set(sem.placeholders(step.rule_id)) - {"mode"} else None))
 
     cols: dict[str, list] = {k: [] for k in (
-        "eid", "list", "ord", "id", "kind", "value", "subdomains", "via_kind", "scope_kind",
-        "scope_value", "expires", "describe")}
+        "eid", "list", "form", "ord", "id", "kind", "value", "subdomains", "via_kind", "via_value",
+        "scope_kind", "scope_value", "expires", "describe")}
     ords = {ListKind.BLOCK: 0, ListKind.ALLOW: 0}
     cidrs: list[tuple[str, int | None, int, int, int, int]] = []
     via_checks: list[tuple[int, str, str]] = []
@@ -246,6 +206,7 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
         lst = ListKind(e.list)
         cols["eid"].append(eid)
         cols["list"].append(str(lst))
+        cols["form"].append(sem.entry_form(e))
         cols["ord"].append(ords[lst])
         ords[lst] += 1
         cols["id"].append(e.id)
@@ -253,22 +214,18 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
         cols["value"].append(e.value)
         cols["subdomains"].append(bool(e.subdomains))
         cols["via_kind"].append(str(e.via.kind) if e.via is not None else None)
+        cols["via_value"].append(e.via.value if e.via is not None else None)
         cols["scope_kind"].append(str(e.scope.kind))
         cols["scope_value"].append(e.scope.value if e.scope.kind is not ScopeKind.GLOBAL else None)
         cols["expires"].append(e.expires)
-        cols["describe"].append(_describe(e))
-        if e.kind is EntryKind.IP:
+        cols["describe"].append(sem.describe_entry(e))
+        if sem.KIND_MATCHERS[e.kind] is sem.Matcher.CIDR:
             cidrs.append(("entry", eid, *_cidr_parts(e.value)))
-        if e.via is not None:
-            if e.via.kind is ViaKind.CIDR:
-                cidrs.append(("via", eid, *_cidr_parts(e.via.value)))
-            elif e.via.kind is ViaKind.DOMAIN:
-                via_checks += [(eid, "spf_envelope_from_domain", e.via.value), (eid, "dkim_d", e.via.value)]
+        for check, value in sem.via_checks(e, policy.providers):
+            if check == "cidr":
+                cidrs.append(("via", eid, *_cidr_parts(value)))
             else:
-                p = policy.providers.get(e.via.value)
-                if p is not None:  # a provider the pack does not define authenticates nothing
-                    via_checks += [(eid, "spf_env_domain", s) for s in p.envelope_suffixes]
-                    via_checks += [(eid, "dkim_d", s) for s in p.dkim_domains]
+                via_checks.append((eid, check, value))
     for relay in policy.inbound_relays:
         cidrs.append(("relay", None, *_cidr_parts(relay)))
     masks = sorted({(c[2], c[3]) for c in cidrs})
@@ -278,10 +235,10 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
     for name, pol in bulk.items():
         p = policy.providers.get(name)
         if pol is BulkPolicy.ALLOW and p is not None:
-            provider_checks += [(name, "spf_env_domain", s) for s in p.envelope_suffixes]
-            provider_checks += [(name, "dkim_d", s) for s in p.dkim_domains]
+            provider_checks += [(name, check, suffix) for check, suffix in sem.provider_checks(p)]
 
-    probes = _PLAIN_PROBES[mode] + _COMMON_PROBES
+    rules = sem.match_rows(mode)
+    labels = {i.field: i.label for i in sem.IDENTITIES}
     s = pa.string()
     return {
         "params": params,
@@ -291,12 +248,14 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
             {
                 "eid": pa.array(cols["eid"], pa.int32()),
                 "list": pa.array(cols["list"], s),
+                "form": pa.array(cols["form"], s),
                 "ord": pa.array(cols["ord"], pa.int32()),
                 "id": pa.array(cols["id"], s),
                 "kind": pa.array(cols["kind"], s),
                 "value": pa.array(cols["value"], s),
                 "subdomains": pa.array(cols["subdomains"], pa.bool_()),
                 "via_kind": pa.array(cols["via_kind"], s),
+                "via_value": pa.array(cols["via_value"], s),
                 "scope_kind": pa.array(cols["scope_kind"], s),
                 "scope_value": pa.array(cols["scope_value"], s),
                 "expires": pa.array(cols["expires"], pa.date32()),
@@ -341,9 +300,30 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
                 "policy": pa.array([str(v) for v in bulk.values()], s),
             }
         ),
-        "probes": pa.table({k: pa.array([p[i] for p in probes], s)
-                            for i, k in enumerate(("list", "kind", "field", "gate"))}),
+        # semantics.GATES for this mode: which identity field an entry may match, and when.
+        "rules": pa.table({
+            "list": pa.array([r[0] for r in rules], s),
+            "form": pa.array([r[1] for r in rules], s),
+            "kind": pa.array([r[2] for r in rules], s),
+            "field": pa.array([r[3] for r in rules], s),
+            "gate": pa.array([r[4] for r in rules], s),
+            "rank": pa.array([r[5] for r in rules], pa.int32()),
+            "label": pa.array([labels[r[3]] for r in rules], s),
+        }),
     }
+
+
+def _cidr_parts(text: str) -> tuple[int, int, int, int]:
+    """(family, prefix length, network high, network low)."""
+    net = ipaddress.ip_network(text, strict=False)
+    n = int(net.network_address)
+    return net.version, net.prefixlen, n >> 64, n & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _mask(family: int, plen: int) -> tuple[int, int]:
+    bits = 32 if family == 4 else 128
+    m = ((1 << plen) - 1) << (bits - plen)
+    return m >> 64, m & 0xFFFF_FFFF_FFFF_FFFF
 
 
 # Does hit `h` apply to the recipient row (docs/rules.md "Entry matching", scopes)?
@@ -351,24 +331,37 @@ _IN_SCOPE = ("(h.scope_kind = 'global' OR (h.scope_kind = 'domain' AND h.scope_v
              " OR (h.scope_kind = 'user' AND h.scope_value = r.recipient))")
 
 
-def _reason(decision: str, b: str, a: str, detail: str) -> str:
-    """SQL: the reason text; `act` is the joined actions row (its reason is the template)."""
-    return (f"CASE {decision} WHEN 'block' THEN act.reason || ' ' || {b}.describe "
-            f"WHEN 'allow' THEN act.reason || ' ' || {a}.describe "
-            f"WHEN 'forgery' THEN act.reason || ': ' || {detail} "
-            f"WHEN 'bulk' THEN act.reason || ' (' || {detail} || ')' "
-            f"WHEN 'inbound' THEN act.reason || ' (' || {detail} || ')' ELSE act.reason END")
-
-
-def _rule_id(decision: str, b: str, a: str, provider: str) -> str:
-    return (f"CASE {decision} WHEN 'block' THEN {b}.id WHEN 'allow' THEN {a}.id "
-            f"WHEN 'bulk' THEN 'bulk:' || {provider} ELSE act.rule_id END")
+def _entry_reason_sql(h: str) -> str:
+    """SQL: semantics.STEPS block/allow reason (identical templates) for hit struct `h`."""
+    names = {"list": f"{h}.list", "entry": f"{h}.describe", "identity": f"{h}.label", "value": f"{h}.v"}
+    assert sem.STEPS["block"].reason == sem.STEPS["allow"].reason
+    text = sem.render_sql(sem.STEPS["block"].reason, names.__getitem__)
+    proof = sem.render_sql(sem.ENTRY_PROOF, lambda n: f"{h}.proof")
+    return f"{text} || CASE WHEN {h}.proof IS NULL THEN '' ELSE {proof} END"
 
 
 def _needs_ips(policy: Policy) -> bool:
     return bool(policy.inbound_enforce or policy.inbound_relays
-                or any(e.kind is EntryKind.IP or (e.via is not None and e.via.kind is ViaKind.CIDR)
+                or any(sem.KIND_MATCHERS[e.kind] is sem.Matcher.CIDR
+                       or (e.via is not None and e.via.kind is ViaKind.CIDR)
                        for e in (*policy.allow, *policy.block)))
+
+
+def _probe_fields(policy: Policy) -> list[sem.Identity]:
+    """The identities worth probing: of a kind the policy has entries of, gated somewhere."""
+    mode = FromPolicy(policy.from_policy)
+    fields = {r[3] for r in sem.match_rows(mode)}
+    kinds = {e.kind for e in (*policy.allow, *policy.block)}
+    return [i for i in sem.IDENTITIES if i.field in fields and i.kind in kinds]
+
+
+def _many_prefilter(mode: FromPolicy, ident: sem.Identity) -> str:
+    """WHERE clause for unnesting a list identity: when all its gates are columns (a malformed
+    From's mailboxes), only rows where one holds can match, as the runtime probes them."""
+    gates = {g.under(mode) for g in sem.GATES if g.role is ident.role} - {None}
+    if gates & {sem.ALWAYS, sem.VIA}:
+        return ""
+    return "WHERE " + " OR ".join(f"d.{g}" for g in sorted(gates))
 
 
 def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
@@ -377,12 +370,12 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
     """The DuckDB query producing VERDICT_COLUMNS, one row per recipients row.
 
     names maps each table role to the name it is registered under (default: the role itself).
-    The policy only chooses the query's shape (From-policy mode, whether CIDRs and inbound
-    enforcement take part); every value comes from the tables. `dataset` only switches the
-    filter on; its value is params.dataset.
+    The policy only chooses the query's shape (From-policy mode, which identities and whether
+    CIDRs and inbound enforcement take part); every value comes from the tables, every rule
+    and word from edrules/rules/semantics.py, every derived fact from a stored column.
 
     Shape (why it is fast): the messages are read in a few narrow passes (distinct domains,
-    distinct client IPs, one probe of the five identity fields against the small hit tables) and
+    distinct client IPs, one probe of the identity fields against the small hit tables) and
     one full pass that decides every message and attaches its rare candidate hits; nothing the
     size of the traffic is materialised. The recipients then join that per-message result once,
     and only rows of messages with hits look at scopes."""
@@ -390,7 +383,10 @@ def verdict_sql(policy: Policy, *, names: Mapping[str, str] | None = None,
     mode = FromPolicy(policy.from_policy)
     with_ips = _needs_ips(policy)
     ds_filter = f"WHERE t.dataset = (SELECT dataset FROM {n['params']})" if dataset is not None else ""
-    gate_case = " ".join(f"WHEN '{k}' THEN {v}" for k, v in _GATES.items())
+    idents = _probe_fields(policy)
+    scalar = [i for i in idents if not i.many and sem.KIND_MATCHERS[i.kind] is not sem.Matcher.CIDR]
+    many = [i for i in idents if i.many]
+    dom_fields = [i for i in idents if sem.KIND_MATCHERS[i.kind] is sem.Matcher.DOMAIN]
 
     ip_ctes = ip_join = via_join = inbound_join = ""
     ip_eid = "NULL::INTEGER"
@@ -430,110 +426,125 @@ relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
         inbound_join = "LEFT JOIN relay_ips ri ON ri.client_ip = d.client_ip"
     after_forgery = "CASE WHEN d.category IN ('phishing', 'spam') THEN d.category ELSE 'clean' END"
 
+    # List identities (a malformed From's mailboxes) unnested with their position, only where
+    # their gate can hold.
+    many_ctes = "".join(f"""
+many_{i.field} AS (
+  SELECT dataset, msg_key, client_ip, unnest({i.field}) AS v, unnest(range(len({i.field})))::INTEGER AS idx
+  FROM d {_many_prefilter(mode, i)}
+),""" for i in many)
+    dom_sources = [f"SELECT '{i.kind}' AS kind, {i.field} AS v FROM d" for i in dom_fields if not i.many]
+    dom_sources += [f"SELECT '{i.kind}', v FROM many_{i.field}" for i in dom_fields if i.many]
+    dom_ctes = f"""
+dom_values AS (
+  SELECT DISTINCT kind, v FROM ({" UNION ALL ".join(dom_sources)}) WHERE v IS NOT NULL
+),
+dom_hits AS (  -- generated suffixes + equi-join: X matches D when X = D or X ends with '.' || D
+  SELECT s.kind, s.v, e.eid FROM (
+    SELECT kind, v, unnest(list_transform(range(len(p)), lambda i: array_to_string(p[i + 1:], '.'))) AS sfx
+    FROM (SELECT kind, v, string_split(v, '.') AS p FROM dom_values)
+  ) s JOIN live e ON e.kind = s.kind AND e.value = s.sfx AND (s.sfx = s.v OR e.subdomains)
+),""" if dom_fields else ""
+
+    def hit_table(i: sem.Identity) -> str:
+        return "dom_hits" if sem.KIND_MATCHERS[i.kind] is sem.Matcher.DOMAIN else "exact_hits"
+
+    joins = "\n  ".join(
+        f"LEFT JOIN {hit_table(i)} j{k} ON j{k}.kind = '{i.kind}' AND j{k}.v = m.{i.field}"
+        for k, i in enumerate(scalar))
+    found = ", ".join(f"{{'field': '{i.field}', 'v': m.{i.field}, 'idx': 0, 'eid': j{k}.eid}}"
+                      for k, i in enumerate(scalar))
+    if with_ips:
+        found += (", " if found else "") + "{'field': 'client_ip', 'v': m.client_ip, 'idx': 0, 'eid': ih.eid}"
+    any_hit = ", ".join([f"j{k}.eid" for k in range(len(scalar))] + ([ip_eid] if with_ips else []))
+    many_cands = "".join(f"""
+  UNION ALL
+  SELECT x.dataset, x.msg_key, x.client_ip, '{i.field}', x.v, x.idx, h.eid
+  FROM many_{i.field} x JOIN {hit_table(i)} h ON h.kind = '{i.kind}' AND h.v = x.v""" for i in many)
+    if found:
+        probe_cte = f"""
+probe AS (  -- one narrow pass: the identity fields against the small hit tables
+  SELECT m.dataset, m.msg_key, m.client_ip, [{found}] AS found
+  FROM d m
+  {joins}
+  {ip_join}
+  WHERE coalesce({any_hit}) IS NOT NULL
+),
+cand AS (  -- (message, field, value, entry) where the field's value matches the entry's value
+  SELECT DISTINCT dataset, msg_key, client_ip, f.field, f.v, f.idx, f.eid
+  FROM (SELECT dataset, msg_key, client_ip, unnest(found) AS f FROM probe)
+  WHERE f.eid IS NOT NULL{many_cands}
+),"""
+    else:
+        probe_cte = """
+cand AS (SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS msg_key, NULL::VARCHAR AS client_ip, NULL::VARCHAR AS field,
+                NULL::VARCHAR AS v, 0 AS idx, NULL::INTEGER AS eid WHERE FALSE),"""
+    checks = [c for c in sem.CHECKS if sem.CHECKS[c].fact != "cidr"]
+    gate = _gate_sql(mode)
+
     return f"""
 WITH
 prm AS (SELECT * FROM {n['params']}),
 live AS (  -- expired entries are ignored (valid through `expires` inclusive)
   SELECT e.* FROM {n['entries']} e WHERE e.expires IS NULL OR e.expires >= (SELECT now_date FROM prm)
 ),
-d AS NOT MATERIALIZED (  -- derived facts per message (docs/rules.md "Derived facts"); each use reads only its columns
-  SELECT t.dataset, t.msg_key, t.envelope_from, t.header_from, t.envelope_from_domain,
-         t.header_from_domain, t.client_ip, t.dkim, t.bulk_provider, t.category,
-         t.header_from_org, t.dmarc, t.dmarc_policy,
-         coalesce(t.from_invalid, FALSE) AS from_invalid,
-         CASE WHEN t.envelope_from = '' THEN t.helo ELSE t.envelope_from_domain END AS env_domain,
-         CASE WHEN t.envelope_from = '' THEN t.helo_org ELSE t.envelope_from_org END AS env_org,
-         coalesce(t.spf = 'pass', FALSE) AS spf_pass,
-         coalesce(t.dmarc = 'fail' AND t.dmarc_policy IN ('quarantine', 'reject'), FALSE) AS dmarc_enforced_fail,
-         NOT coalesce(t.from_invalid, FALSE) AND NOT dmarc_enforced_fail AS header_ok,
-         NOT (dmarc_enforced_fail AND coalesce(env_org = t.header_from_org, FALSE)) AS env_ok,
-         {_ALIGNED_AUTH if mode is FromPolicy.ALIGNED else "NULL::BOOLEAN"} AS aligned_auth
-  FROM {messages} t {ds_filter}
+d AS NOT MATERIALIZED (  -- the messages with their stored derived facts; each use reads only its columns
+  SELECT * FROM {messages} t {ds_filter}
 ),
-dom_values AS (
-  SELECT DISTINCT v FROM (
-    SELECT envelope_from_domain AS v FROM d UNION ALL SELECT header_from_domain FROM d
-  ) WHERE v IS NOT NULL
-),
-dom_hits AS (  -- generated suffixes + equi-join: X matches D when X = D or X ends with '.' || D
-  SELECT s.v, e.eid FROM (
-    SELECT v, unnest(list_transform(range(len(p)), lambda i: array_to_string(p[i + 1:], '.'))) AS sfx
-    FROM (SELECT v, string_split(v, '.') AS p FROM dom_values)
-  ) s JOIN live e ON e.kind = 'domain' AND e.value = s.sfx AND (s.sfx = s.v OR e.subdomains)
-),
-senders AS (SELECT eid, value FROM live WHERE kind = 'sender'),{ip_ctes}
-probe AS (  -- one narrow pass: the five identity fields against the small hit tables
-  SELECT m.dataset, m.msg_key, m.client_ip,
-         [{{'field': 'envelope_from', 'eid': s1.eid}}, {{'field': 'header_from', 'eid': s2.eid}},
-          {{'field': 'envelope_from_domain', 'eid': h1.eid}}, {{'field': 'header_from_domain', 'eid': h2.eid}},
-          {{'field': 'client_ip', 'eid': {ip_eid}}}] AS found
-  FROM d m
-  LEFT JOIN senders s1 ON s1.value = m.envelope_from
-  LEFT JOIN senders s2 ON s2.value = m.header_from
-  LEFT JOIN dom_hits h1 ON h1.v = m.envelope_from_domain
-  LEFT JOIN dom_hits h2 ON h2.v = m.header_from_domain
-  {ip_join}
-  WHERE coalesce(s1.eid, s2.eid, h1.eid, h2.eid, {ip_eid}) IS NOT NULL
-),
-cand AS (  -- (message, field, entry) where the field's value matches the entry's value
-  SELECT DISTINCT dataset, msg_key, client_ip, f.field, f.eid
-  FROM (SELECT dataset, msg_key, client_ip, unnest(found) AS f FROM probe)
-  WHERE f.eid IS NOT NULL
-),
-via_lists AS (  -- each pair's infrastructure suffixes, one list per check token
-  SELECT eid, {", ".join(f"list(suffix) FILTER (WHERE check_kind = '{k}') AS {k}" for k in _CHECKS)}
+exact_hits AS (SELECT kind, value AS v, eid FROM live WHERE kind IN ({", ".join(sql_literal(k) for k in _EXACT_KINDS)})),{many_ctes}{dom_ctes}{ip_ctes}{probe_cte}
+via_lists AS (  -- each pair's infrastructure suffixes, one list per check
+  SELECT eid, {", ".join(f"list(suffix) FILTER (WHERE check_kind = '{k}') AS {k}" for k in checks)}
   FROM {n['via_checks']} GROUP BY eid
 ),
-cand_lists AS (  -- per message with any candidate: the entries, their gate and via evidence
+cand_lists AS (  -- per message with any candidate: the entries, their gate and proof lists
   SELECT c.dataset, c.msg_key,
-    list({{'ord': e.ord, 'list': e.list, 'scope_kind': e.scope_kind, 'scope_value': e.scope_value,
-          'id': e.id, 'describe': e.describe, 'gate': p.gate, 'via_cidr': {via_cidr},
-          {", ".join(f"'{k}': vl.{k}" for k in _CHECKS)}}}) AS cands
+    list({{'ord': e.ord, 'rank': r.rank, 'idx': c.idx, 'list': e.list, 'scope_kind': e.scope_kind,
+          'scope_value': e.scope_value, 'id': e.id, 'describe': e.describe, 'gate': r.gate,
+          'label': r.label, 'v': c.v, 'via_kind': e.via_kind, 'via_value': e.via_value,
+          'via_cidr': {via_cidr}, {", ".join(f"'{k}': vl.{k}" for k in checks)}}}) AS cands
   FROM cand c
   JOIN live e ON e.eid = c.eid
-  JOIN {n['probes']} p ON p.list = e.list AND p.kind = e.kind AND p.field = c.field
-   AND (p.gate = 'via') = (e.via_kind IS NOT NULL)
+  JOIN {n['rules']} r ON r.list = e.list AND r.form = e.form AND r.kind = e.kind AND r.field = c.field
   LEFT JOIN via_lists vl ON vl.eid = c.eid
   {via_join}
   GROUP BY ALL
 ),
 bulk_lists AS (  -- bulk_mailers with each provider's suffixes (for the `allow` exemption)
   SELECT b.provider, b.policy,
-         {", ".join(f"list(x.suffix) FILTER (WHERE x.check_kind = '{k}') AS {k}" for k in _CHECKS)}
+         {", ".join(f"list(x.suffix) FILTER (WHERE x.check_kind = '{k}') AS {k}" for k in checks)}
   FROM {n['bulk']} b LEFT JOIN {n['provider_checks']} x ON x.provider = b.provider GROUP BY ALL
 ),
 m0 AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits attached
   SELECT d.dataset, d.msg_key,
     CASE WHEN {inbound_expr} THEN 'inbound' WHEN d.category = 'malware' THEN 'malware' END AS pre,
     CASE WHEN b.policy = 'block' THEN 'bulk'
-         WHEN {_FORGERY[mode]} THEN
-           CASE WHEN b.policy = 'allow' AND d.header_ok AND {_checks('b')} THEN {after_forgery} ELSE 'forgery' END
+         WHEN {_forgery_sql(mode)} THEN
+           CASE WHEN b.policy = 'allow' AND d.header_ok AND {_provider_sql('b')} THEN {after_forgery} ELSE 'forgery' END
          ELSE {after_forgery} END AS post,
     CASE WHEN pre IS NULL AND cl.cands IS NOT NULL
-         THEN list_filter(cl.cands, lambda h: coalesce(CASE h.gate {gate_case} END, FALSE)) END AS hits,
+         THEN list_filter(list_transform(cl.cands, lambda h: struct_insert(h, proof := CASE WHEN h.gate = '{sem.VIA}' THEN {_proof_sql('h')} END)),
+                          lambda h: coalesce({gate}, FALSE)) END AS hits,
     list_min(list_filter(hits, lambda h: h.list = 'block' AND h.scope_kind = 'global')) AS gb,
     list_min(list_filter(hits, lambda h: h.list = 'allow' AND h.scope_kind = 'global')) AS ga,
-    d.bulk_provider, d.from_invalid, d.header_from_org, d.env_org, d.client_ip
+    d.bulk_provider, d.client_ip, d.from_invalid, d.dmarc_enforced_fail, d.null_sender,
+    d.header_from_org, d.env_org, d.dmarc, d.dmarc_policy, d.spf
   FROM d
   LEFT JOIN bulk_lists b ON b.provider = d.bulk_provider
   LEFT JOIN cand_lists cl ON cl.dataset = d.dataset AND cl.msg_key = d.msg_key
   {inbound_join}
 ),
 msg AS (
-  SELECT m0.*,
+  SELECT m0.dataset, m0.msg_key, m0.post, m0.hits, m0.gb, m0.ga, m0.bulk_provider,
     -- A scoped hit earlier in file order than the global ones makes the answer per recipient.
     coalesce(len(list_filter(hits, lambda h: h.scope_kind <> 'global'
       AND (h.list = 'block' OR gb IS NULL) AND h.ord < coalesce(CASE h.list WHEN 'block' THEN m0.gb.ord ELSE m0.ga.ord END, 2147483647))) > 0,
       FALSE) AS scoped,
     CASE WHEN pre IS NOT NULL THEN pre WHEN scoped THEN NULL WHEN gb IS NOT NULL THEN 'block'
          WHEN ga IS NOT NULL THEN 'allow' ELSE post END AS decision,
-    CASE coalesce(decision, post)  -- the evidence a reason names, only for the categories that name one
-      WHEN 'bulk' THEN bulk_provider
-      WHEN 'forgery' THEN CASE WHEN from_invalid
-         THEN 'the From header is missing, repeated or holds several mailboxes'
-         ELSE 'header From ' || coalesce(header_from_org, 'unknown') || ', envelope '
-              || coalesce(env_org, 'unknown') END
-      WHEN 'inbound' THEN coalesce(client_ip, 'no client IP') END AS detail
+    CASE coalesce(decision, post)  -- the message's own reason, only for the categories whose text names facts
+      WHEN 'bulk' THEN {sem.render_sql(sem.STEPS["bulk"].reason, lambda x: f"m0.{x}")}
+      WHEN 'forgery' THEN {_forgery_reason_sql(mode)}
+      WHEN 'inbound' THEN {sem.render_sql(sem.STEPS["inbound"].reason, lambda x: f"m0.{x}")} END AS detail
   FROM m0
 ),
 per_rcpt AS (  -- one join; the lambdas only run for recipients of messages with scoped hits
@@ -554,8 +565,11 @@ decided AS (
 -- Texts are put together here, per row, from short parts: carrying finished reasons through
 -- the join would put gigabytes of strings in its hash table.
 SELECT x.dataset, x.msg_key, x.recipient, act.action, x.category,
-  {_reason("x.category", "x.hit", "x.hit", "x.detail")} AS reason,
-  {_rule_id("x.category", "x.hit", "x.hit", "x.bulk_provider")} AS rule_id
+  CASE WHEN x.category IN ('block', 'allow') THEN {_entry_reason_sql('x.hit')}
+       WHEN act.reason IS NULL THEN x.detail ELSE act.reason END AS reason,
+  CASE WHEN x.category IN ('block', 'allow') THEN x.hit.id
+       WHEN x.category = 'bulk' THEN {sem.render_sql(sem.STEPS["bulk"].rule_id, lambda v: f"x.{v}")}
+       ELSE act.rule_id END AS rule_id
 FROM decided x
 JOIN {n['actions']} act ON act.category = x.category
 """
