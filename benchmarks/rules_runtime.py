@@ -170,15 +170,16 @@ def pipeline(policy: Policy, tmp: Path) -> dict[str, float]:
 
 def phases(ev: RuntimeEvaluator, facts: list[MessageFacts]) -> dict[str, float]:
     """CPU µs per message of each stage of evaluate(), for the profile note."""
-    from edrules.backends.runtime import _utc_date
+    from edrules.backends.runtime import _utc_date, ip_to_int
+    from edrules.derive import derive
     from edrules.facts import Verdict
 
     today = _utc_date(NOW)
-    ms = [ev._derive(f) for f in facts]
+    ms = [(f, derive(f), ip_to_int(f.client_ip)) for f in facts]
     stages = {
-        "derive facts": lambda: [ev._derive(f) for f in facts],
-        "probe indices": lambda: [ev._collect(m, today) for m in ms],
-        "steps 4-7": lambda: [ev._message_level_after_lists(m) for m in ms],
+        "derive facts": lambda: [derive(f) for f in facts],
+        "probe indices": lambda: [ev._collect(f, d, ip, today) for f, d, ip in ms],
+        "steps 4-7": lambda: [ev._message_level_after_lists(f, d) for f, d, _ in ms],
         "build Verdicts": lambda: [[Verdict(r, "deliver", "clean", "", "default", ()) for r in f.recipients]
                                    for f in facts],
     }

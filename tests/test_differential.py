@@ -4,6 +4,7 @@ id and reason text) on every corpus folder and on hypothesis-generated facts and
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections import Counter
@@ -230,11 +231,14 @@ def message_facts(draw, key: str) -> MessageFacts:
     helo = draw(st.one_of(st.none(), domains()))
     hdom = address_domain(header)
     edom = address_domain(env)
+    invalid = draw(st.sampled_from([False, False, False, True])) if header else True
+    # A malformed From names its mailboxes (block entries match each); a valid one names header_from.
+    boxes = tuple(dict.fromkeys(draw(st.lists(addresses(), max_size=3)))) if invalid else ((header,) if header else ())
     return MessageFacts(
         msg_key=key,
         dataset=draw(st.sampled_from(["d1", "d2"])),
         header_from=header, header_from_domain=hdom, header_from_org=org_domain(hdom),
-        from_invalid=draw(st.sampled_from([False, False, False, True])) if header else True,
+        from_invalid=invalid, from_mailboxes=boxes,
         envelope_from=env, envelope_from_domain=edom, envelope_from_org=org_domain(edom),
         client_ip=normalize_ip(draw(st.one_of(st.none(), IPS))) or draw(RAW_IPS),
         helo=helo, helo_org=org_domain(helo),
@@ -311,7 +315,17 @@ def local_date_differs(now: datetime) -> bool:
 @st.composite
 def cases(draw):
     n = draw(st.integers(1, 8))
-    return draw(policies()), [draw(message_facts(f"k{i}")) for i in range(n)], draw(NOWS)
+    policy, facts = draw(policies()), [draw(message_facts(f"k{i}")) for i in range(n)]
+    boxes = [a for f in facts if f.from_invalid for a in f.from_mailboxes]
+    if boxes and draw(st.booleans()):
+        # A block entry naming a mailbox of a malformed From (or its domain): pools are wide
+        # enough that generated entries alone rarely hit one.
+        a = draw(st.sampled_from(boxes))
+        kind = draw(st.sampled_from([EntryKind.SENDER, EntryKind.DOMAIN]))
+        extra = Entry(id=f"block{len(policy.block)}", list=ListKind.BLOCK, kind=kind,
+                      value=a if kind is EntryKind.SENDER else address_domain(a))
+        policy = as_packed(dataclasses.replace(policy, block=(*policy.block, extra)))
+    return policy, facts, draw(NOWS)
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +346,7 @@ def test_sql_and_runtime_agree_on_generated_facts_and_policies(scratch):
 
     # One connection, emptied per example: a fresh database per example would cost more than the
     # evaluation itself.
-    @settings(max_examples=DEEP or 120, deadline=None, derandomize=not DEEP, database=None,
+    @settings(max_examples=DEEP or 160, deadline=None, derandomize=not DEEP, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cases())
     def agree(case):
@@ -343,6 +357,7 @@ def test_sql_and_runtime_agree_on_generated_facts_and_policies(scratch):
         assert_same(sql_rows(scratch, policy, now=now), rt)
         for row, n in rt.items():
             seen[row[4]] += n
+            seen["block on a mailbox of a malformed From"] += "the From mailbox" in row[6]
         odd_now = local_date_differs(now)
         seen["now with another local date"] += odd_now
         seen["zone id fact"] += any(f.client_ip and "%" in f.client_ip for f in facts)
@@ -353,7 +368,8 @@ def test_sql_and_runtime_agree_on_generated_facts_and_policies(scratch):
     agree()
     # Guards the generator: agreement proves little on cases that never reach a step.
     assert {k for k in seen if k in _CATEGORIES} == _CATEGORIES
-    for probe in ("now with another local date", "zone id fact", "expiry on the UTC date boundary"):
+    for probe in ("now with another local date", "zone id fact", "expiry on the UTC date boundary",
+                  "block on a mailbox of a malformed From"):
         assert seen[probe] > 0, probe
 
 

@@ -262,6 +262,20 @@ ROWS = [
     Row("a quoted local part that needs no quotes is the same sender to a block entry",
         SEED, "from_policy: relaxed\nblock:\n  - sender: DoNotReply@someotpsite.cz\n", ("quarantine", "block", "block[0]"),
         edit=_from(b'<"DoNotReply"@someotpsite.cz>')),
+    # -- issue 13: a block entry matches every mailbox of a malformed From ----------------
+    Row("a block entry on the domain of a mailbox in a From with an unquoted comma rejects it as blocked",
+        SEED, "actions: {block: reject}\nblock:\n  - domain: stayfriends.de\n", ("reject", "block", "block[0]"),
+        edit=_from(b"Ihr Gewinner Team, jehd <service@stayfriends.de>")),
+    Row("a block entry on the second mailbox of a From with two mailboxes blocks it",
+        SEED, "block:\n  - sender: service@stayfriends.de\n", ("quarantine", "block", "block[0]"),
+        edit=_from(b"<DoNotReply@someotpsite.cz>, <service@stayfriends.de>")),
+    Row("an allow entry never matches a mailbox of a malformed From",
+        SEED, "from_policy: relaxed\nallow:\n  - domain: stayfriends.de\n", ("quarantine", "forgery", "from_policy:relaxed"),
+        edit=_from(b"Ihr Gewinner Team, jehd <service@stayfriends.de>")),
+    # -- issue 13: no envelope sender known (no MAIL FROM, Return-Path or From_ line) -------
+    Row("with no envelope sender known, strict cannot call the SES forgery a forgery (reported as blind spot)",
+        SEED, "name: t\n", ("deliver", "clean", "default"),
+        edit=lambda raw: _drop_lines(forged_no_dmarc(raw), b"Received-SPF:")),
 ]
 
 
@@ -318,6 +332,46 @@ def test_the_sql_backend_gives_the_same_verdict_for_every_scenario():
         assert got == [row.expect] * len(f.recipients), (i, row.says)
         con.unregister("messages")
         con.unregister("recipients")
+
+
+GOLDEN = Path(__file__).parent / "golden" / "scenario_reasons.txt"
+
+
+def _golden_lines() -> list[str]:
+    """One line per scenario and recipient: the verdict and its reason, from both backends."""
+    import duckdb
+
+    from edrules.backends.sql import evaluate_sql, facts_tables
+
+    con = duckdb.connect()
+    lines = []
+    for row in ROWS:
+        f = _facts(row)
+        policy = parse_rules(row.rules)
+        runtime = [(str(v.action), v.category, v.rule_id, v.reason) for v in RuntimeEvaluator(policy).evaluate(f, NOW)]
+        messages, recipients = facts_tables([f])
+        con.register("messages", messages)
+        con.register("recipients", recipients)
+        by_rcpt = {r["recipient"]: (r["action"], r["category"], r["rule_id"], r["reason"])
+                   for r in evaluate_sql(con, policy, now=NOW).to_pylist()}
+        con.unregister("messages")
+        con.unregister("recipients")
+        assert [by_rcpt[r] for r in f.recipients] == runtime, row.says
+        lines += [f"{row.says} | {a} {c} {rid} | {reason}" for a, c, rid, reason in runtime]
+    return lines
+
+
+def test_reason_texts_of_the_scenario_table_are_pinned_by_the_golden_file_in_both_backends():
+    """tests/golden/scenario_reasons.txt pins every reason a user reads; a change of wording is a
+    reviewed diff of that file (EDRULES_UPDATE_GOLDEN=1 rewrites it)."""
+    import os
+
+    lines = _golden_lines()
+    if os.environ.get("EDRULES_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text("\n".join(lines) + "\n")
+    want = GOLDEN.read_text().splitlines()
+    assert lines == want, "\n".join(f"- {w}\n+ {g}" for w, g in zip(want, lines) if w != g)
 
 
 _VERBS = {"deliver": "delivered", "tag": "tagged", "quarantine": "quarantined", "reject": "rejected"}

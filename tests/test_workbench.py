@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from edrules.backends.sql import insert_facts
 from edrules.facts import MessageFacts
 from edrules.rules.model import FromPolicy
 from edrules.schema import ensure_schema
@@ -45,7 +46,7 @@ def _msg(n: int, *, hfrom: str, env: str, spf: str | None, dkim=(), dmarc: str |
     org = lambda d: ".".join(d.split(".")[-2:]) if d else None  # every test domain is 2-label
     row = MessageFacts(msg_key=f"m{n:02d}", dataset="t", source=f"test#{n}", message_id=f"<m{n}@test>",
                        received_at=T0 + timedelta(hours=n)).to_row()
-    row.update(header_from=hfrom, header_from_domain=hdom, header_from_org=org(hdom),
+    row.update(header_from=hfrom, header_from_domain=hdom, header_from_org=org(hdom), from_mailboxes=(hfrom,),
                envelope_from=env, envelope_from_domain=edom, envelope_from_org=org(edom),
                client_ip=ip, helo=f"out.{edom}", helo_org=org(edom), spf=spf, spf_domain=edom,
                dkim=[{"d": d, "s": "s1", "result": r, "org": org(d)} for d, r in dkim],
@@ -93,15 +94,8 @@ def mini_tenant() -> list[tuple[dict, tuple[str, ...]]]:
 def build_db(path: Path, messages) -> Path:
     con = duckdb.connect(str(path))
     ensure_schema(con)
-    rows = [m for m, _ in messages]
-    df = pd.DataFrame(rows, columns=MessageFacts.column_names())
-    con.register("df", df)
-    con.execute("INSERT INTO messages SELECT * FROM df")
-    rc = [{"dataset": m["dataset"], "msg_key": m["msg_key"], "recipient": r,
-           "recipient_domain": r.split("@")[1], "recipient_source": "envelope"}
-          for m, rs in messages for r in rs]
-    con.register("rc", pd.DataFrame(rc))
-    con.execute("INSERT INTO recipients SELECT * FROM rc")
+    # Through the ingest row builder, so the derived columns are computed as ingest does.
+    insert_facts(con, [MessageFacts.from_row(m, tuple(rs)) for m, rs in messages])
     con.close()
     return path
 

@@ -430,8 +430,10 @@ relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
     # their gate can hold.
     many_ctes = "".join(f"""
 many_{i.field} AS (
-  SELECT dataset, msg_key, client_ip, unnest({i.field}) AS v, unnest(range(len({i.field})))::INTEGER AS idx
-  FROM d {_many_prefilter(mode, i)}
+  SELECT dataset, msg_key, client_ip, u.v, u.idx FROM (
+    SELECT dataset, msg_key, client_ip,
+           unnest(list_transform(range(len({i.field})), lambda i: {{'v': {i.field}[i + 1], 'idx': i::INTEGER}})) AS u
+    FROM d {_many_prefilter(mode, i)})
 ),""" for i in many)
     dom_sources = [f"SELECT '{i.kind}' AS kind, {i.field} AS v FROM d" for i in dom_fields if not i.many]
     dom_sources += [f"SELECT '{i.kind}', v FROM many_{i.field}" for i in dom_fields if i.many]
@@ -481,6 +483,16 @@ cand AS (SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS msg_key, NULL::VARCHA
                 NULL::VARCHAR AS v, 0 AS idx, NULL::INTEGER AS eid WHERE FALSE),"""
     checks = [c for c in sem.CHECKS if sem.CHECKS[c].fact != "cidr"]
     gate = _gate_sql(mode)
+    # A candidate hit: list_min picks the first in file order (ord), then identity rank, then
+    # position in a list identity: the runtime's order. The proof is added per message (it
+    # reads the message's SPF and DKIM), as a whole new struct: Spark has no struct_insert.
+    cand_fields = [("ord", "e.ord"), ("rank", "r.rank"), ("idx", "c.idx"), ("list", "e.list"),
+                   ("scope_kind", "e.scope_kind"), ("scope_value", "e.scope_value"), ("id", "e.id"),
+                   ("describe", "e.describe"), ("gate", "r.gate"), ("label", "r.label"), ("v", "c.v"),
+                   ("via_kind", "e.via_kind"), ("via_value", "e.via_value"), ("via_cidr", via_cidr)]
+    cand_fields += [(k, f"vl.{k}") for k in checks]
+    with_proof = ", ".join([f"'{name}': h.{name}" for name, _ in cand_fields]
+                           + [f"'proof': CASE WHEN h.gate = '{sem.VIA}' THEN {_proof_sql('h')} END"])
 
     return f"""
 WITH
@@ -498,10 +510,7 @@ via_lists AS (  -- each pair's infrastructure suffixes, one list per check
 ),
 cand_lists AS (  -- per message with any candidate: the entries, their gate and proof lists
   SELECT c.dataset, c.msg_key,
-    list({{'ord': e.ord, 'rank': r.rank, 'idx': c.idx, 'list': e.list, 'scope_kind': e.scope_kind,
-          'scope_value': e.scope_value, 'id': e.id, 'describe': e.describe, 'gate': r.gate,
-          'label': r.label, 'v': c.v, 'via_kind': e.via_kind, 'via_value': e.via_value,
-          'via_cidr': {via_cidr}, {", ".join(f"'{k}': vl.{k}" for k in checks)}}}) AS cands
+    list({{{", ".join(f"'{name}': {src}" for name, src in cand_fields)}}}) AS cands
   FROM cand c
   JOIN live e ON e.eid = c.eid
   JOIN {n['rules']} r ON r.list = e.list AND r.form = e.form AND r.kind = e.kind AND r.field = c.field
@@ -522,7 +531,7 @@ m0 AS (  -- the one full pass: steps 0-1 and 4-7 decided per message, gated hits
            CASE WHEN b.policy = 'allow' AND d.header_ok AND {_provider_sql('b')} THEN {after_forgery} ELSE 'forgery' END
          ELSE {after_forgery} END AS post,
     CASE WHEN pre IS NULL AND cl.cands IS NOT NULL
-         THEN list_filter(list_transform(cl.cands, lambda h: struct_insert(h, proof := CASE WHEN h.gate = '{sem.VIA}' THEN {_proof_sql('h')} END)),
+         THEN list_filter(list_transform(cl.cands, lambda h: {{{with_proof}}}),
                           lambda h: coalesce({gate}, FALSE)) END AS hits,
     list_min(list_filter(hits, lambda h: h.list = 'block' AND h.scope_kind = 'global')) AS gb,
     list_min(list_filter(hits, lambda h: h.list = 'allow' AND h.scope_kind = 'global')) AS ga,

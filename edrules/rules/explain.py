@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edrules.backends.runtime import RuntimeEvaluator
+from edrules.derive import DerivedFacts, derive
 from edrules.facts import Action, MessageFacts, Verdict
 from edrules.rules.model import Entry, EntryKind, FromPolicy, Policy, ScopeKind, ViaKind
 
@@ -100,30 +101,21 @@ def _in_scope(e: Entry, rcpt: str) -> bool:
     return rcpt.rpartition("@")[2] == e.scope.value
 
 
-def _via_reason(ev: RuntimeEvaluator, m: Any, e: Entry) -> str | None:
+def _via_reason(ev: RuntimeEvaluator, f: MessageFacts, d: DerivedFacts, e: Entry) -> str | None:
     """Why a pair's infrastructure side does not hold, or None when it does."""
-    f = m.f
-    if not m.header_ok:
+    if not d.header_ok:
         return ("the header From is refused (DMARC fail under p=quarantine/reject, or an invalid From), "
                 "and pairs never trust such a From")
+    if ev.pair_proof(e, f, d) is not None:
+        return None
     via = e.via
     if via.kind is ViaKind.PROVIDER:
-        if ev._provider_authenticated(m, via.value):
-            return None
         return (f"via {via.value} not authenticated: no SPF pass for an envelope domain of {via.value} "
-                f"(envelope {m.env_domain or '-'}, SPF {f.spf or '-'}) and no passing DKIM d= of it")
+                f"(envelope {d.env_domain or '-'}, SPF {f.spf or '-'}) and no passing DKIM d= of it")
     if via.kind is ViaKind.DOMAIN:
-        spf_ok = m.spf_pass and _dmatch(f.envelope_from_domain, Entry("", e.list, EntryKind.DOMAIN, via.value, True))
-        dkim_ok = any(d == via.value or d.endswith("." + via.value) for d in m.dkim_pass)
-        if spf_ok or dkim_ok:
-            return None
         return (f"via {via.value} not authenticated: no SPF pass for an envelope domain under it "
                 f"and no passing DKIM d= under it")
-    try:
-        inside = f.client_ip is not None and ipaddress.ip_address(f.client_ip) in ipaddress.ip_network(via.value)
-    except ValueError:
-        inside = False
-    return None if inside else f"via {via.value}: client IP {f.client_ip or 'unknown'} is outside it"
+    return f"via {via.value}: client IP {f.client_ip or 'unknown'} is outside it"
 
 
 def near_misses(facts: MessageFacts, policy: Policy, verdicts: Sequence[Verdict],
@@ -131,7 +123,7 @@ def near_misses(facts: MessageFacts, policy: Policy, verdicts: Sequence[Verdict]
     """Allow entries that name this message's sender but did not decide a recipient's verdict,
     each with why: the question behind "I allow-listed it and it is still quarantined"."""
     ev = RuntimeEvaluator(policy)
-    m = ev._derive(facts)
+    m = derive(facts)
     today = (now or datetime.now(timezone.utc)).date()
     mode = policy.from_policy
     out: list[str] = []
@@ -149,7 +141,7 @@ def near_misses(facts: MessageFacts, policy: Policy, verdicts: Sequence[Verdict]
         elif not any(_in_scope(e, r) for r in rcpts):
             why = f"scoped to {e.scope}, not to {', '.join(sorted(rcpts))}"
         elif e.via is not None:
-            why = _via_reason(ev, m, e)
+            why = _via_reason(ev, facts, m, e)
         elif e.kind is EntryKind.IP:
             why = None
         elif named.startswith("header"):
