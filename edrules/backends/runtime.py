@@ -289,9 +289,9 @@ class RuntimeEvaluator:
                 # lowest file position across global and scoped hits decides.
                 keys = ("d:" + rcpt.rpartition("@")[2] if "@" in rcpt else None, "u:" + rcpt)
                 sb, sa = self._scoped_hits(facts, d, ip, scoped, keys, today)
-                if sb and (block is None or sb[0][:2] < block[:2]):
+                if sb and (block is None or _order(sb[0]) < _order(block)):
                     block = sb[0]
-                if sa and (allow is None or sa[0][:2] < allow[:2]):
+                if sa and (allow is None or _order(sa[0]) < _order(allow)):
                     allow = sa[0]
             if block is not None:
                 out.append(Verdict(rcpt, *self._entry_verdict(block, facts, d)))
@@ -523,5 +523,7 @@ class RuntimeEvaluator:
 _IP_IDENTITY = next((rank, i) for rank, i in enumerate(sem.IDENTITIES) if i.kind is EntryKind.IP)
 
 
-def _order(hit: _Hit) -> tuple[int, int]:
-    return hit[0], hit[1]
+def _order(hit: _Hit) -> tuple[int, int, str]:
+    """File position, then identity rank, then the smallest value (two mailboxes of one
+    malformed From matching one entry): the SQL backend's list_min order."""
+    return hit[0], hit[1], hit[4]

@@ -430,10 +430,7 @@ relay_ips AS (SELECT DISTINCT client_ip FROM ip_hits WHERE role = 'relay'),"""
     # their gate can hold.
     many_ctes = "".join(f"""
 many_{i.field} AS (
-  SELECT dataset, msg_key, client_ip, u.v, u.idx FROM (
-    SELECT dataset, msg_key, client_ip,
-           unnest(list_transform(range(len({i.field})), lambda i: {{'v': {i.field}[i + 1], 'idx': i::INTEGER}})) AS u
-    FROM d {_many_prefilter(mode, i)})
+  SELECT dataset, msg_key, client_ip, unnest({i.field}) AS v FROM d {_many_prefilter(mode, i)}
 ),""" for i in many)
     dom_sources = [f"SELECT '{i.kind}' AS kind, {i.field} AS v FROM d" for i in dom_fields if not i.many]
     dom_sources += [f"SELECT '{i.kind}', v FROM many_{i.field}" for i in dom_fields if i.many]
@@ -454,14 +451,14 @@ dom_hits AS (  -- generated suffixes + equi-join: X matches D when X = D or X en
     joins = "\n  ".join(
         f"LEFT JOIN {hit_table(i)} j{k} ON j{k}.kind = '{i.kind}' AND j{k}.v = m.{i.field}"
         for k, i in enumerate(scalar))
-    found = ", ".join(f"{{'field': '{i.field}', 'v': m.{i.field}, 'idx': 0, 'eid': j{k}.eid}}"
+    found = ", ".join(f"{{'field': '{i.field}', 'v': m.{i.field}, 'eid': j{k}.eid}}"
                       for k, i in enumerate(scalar))
     if with_ips:
-        found += (", " if found else "") + "{'field': 'client_ip', 'v': m.client_ip, 'idx': 0, 'eid': ih.eid}"
+        found += (", " if found else "") + "{'field': 'client_ip', 'v': m.client_ip, 'eid': ih.eid}"
     any_hit = ", ".join([f"j{k}.eid" for k in range(len(scalar))] + ([ip_eid] if with_ips else []))
     many_cands = "".join(f"""
   UNION ALL
-  SELECT x.dataset, x.msg_key, x.client_ip, '{i.field}', x.v, x.idx, h.eid
+  SELECT x.dataset, x.msg_key, x.client_ip, '{i.field}', x.v, h.eid
   FROM many_{i.field} x JOIN {hit_table(i)} h ON h.kind = '{i.kind}' AND h.v = x.v""" for i in many)
     if found:
         probe_cte = f"""
@@ -473,22 +470,22 @@ probe AS (  -- one narrow pass: the identity fields against the small hit tables
   WHERE coalesce({any_hit}) IS NOT NULL
 ),
 cand AS (  -- (message, field, value, entry) where the field's value matches the entry's value
-  SELECT DISTINCT dataset, msg_key, client_ip, f.field, f.v, f.idx, f.eid
+  SELECT DISTINCT dataset, msg_key, client_ip, f.field, f.v, f.eid
   FROM (SELECT dataset, msg_key, client_ip, unnest(found) AS f FROM probe)
   WHERE f.eid IS NOT NULL{many_cands}
 ),"""
     else:
         probe_cte = """
 cand AS (SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS msg_key, NULL::VARCHAR AS client_ip, NULL::VARCHAR AS field,
-                NULL::VARCHAR AS v, 0 AS idx, NULL::INTEGER AS eid WHERE FALSE),"""
+                NULL::VARCHAR AS v, NULL::INTEGER AS eid WHERE FALSE),"""
     checks = [c for c in sem.CHECKS if sem.CHECKS[c].fact != "cidr"]
     gate = _gate_sql(mode)
     # A candidate hit: list_min picks the first in file order (ord), then identity rank, then
-    # position in a list identity: the runtime's order. The proof is added per message (it
+    # the smallest matched value (two mailboxes of one malformed From): the runtime's order. The proof is added per message (it
     # reads the message's SPF and DKIM), as a whole new struct: Spark has no struct_insert.
-    cand_fields = [("ord", "e.ord"), ("rank", "r.rank"), ("idx", "c.idx"), ("list", "e.list"),
+    cand_fields = [("ord", "e.ord"), ("rank", "r.rank"), ("v", "c.v"), ("list", "e.list"),
                    ("scope_kind", "e.scope_kind"), ("scope_value", "e.scope_value"), ("id", "e.id"),
-                   ("describe", "e.describe"), ("gate", "r.gate"), ("label", "r.label"), ("v", "c.v"),
+                   ("describe", "e.describe"), ("gate", "r.gate"), ("label", "r.label"),
                    ("via_kind", "e.via_kind"), ("via_value", "e.via_value"), ("via_cidr", via_cidr)]
     cand_fields += [(k, f"vl.{k}") for k in checks]
     with_proof = ", ".join([f"'{name}': h.{name}" for name, _ in cand_fields]
