@@ -591,7 +591,7 @@ def test_editor_app_opens_any_dataset_and_rules_file_and_reports_a_bad_dataset(m
 
 
 def test_explain_spells_trusted_authserv_like_ingest_and_keeps_the_old_spelling_hidden():
-    from edrules.rules.cli import explain
+    from edrules.workbench.cli_explain import explain
 
     opts = {o: p for p in explain.params for o in p.opts}
     assert not opts["--trusted-authserv"].hidden and opts["--trust-authserv"].hidden
@@ -628,7 +628,7 @@ def test_explain_db_takes_a_message_key_or_the_12_character_prefix_reports_print
 
 
 def test_explain_names_allow_entries_that_matched_the_sender_but_did_not_apply_and_why(wb):
-    from edrules.rules.explain import explain_facts
+    from edrules.backends.explain import explain_facts
 
     pair = CURRENT.replace("    sender: {OTP}".format(OTP=OTP), f"    sender: {OTP}\n    via: amazonses")
     policy = wb.pack(pair)

@@ -173,17 +173,17 @@ class Workbench:
     def load_demo(self, data: str | Path | None = None, *, jobs: int | None = None) -> pd.DataFrame:
         """Ingest data/ exactly as `edrules demo` does (sample, demo tenant, quarantine export);
         idempotent: a second run finds only duplicates. One row per ingest step."""
-        from edrules.demo import STEPS, run_demo
+        from edrules.ingest.demo import demo_parts, ingest_part
 
         data = Path(data) if data is not None else repo_data_dir()
         self.close()
-        steps = tuple(s for s in STEPS if s.name in ("sample", "tenant-ingest", "quarantine"))
-        run = run_demo(self.db, sample=data / "sample", tenant=data / "demo-tenant", rules=data / "rules",
-                       echo=lambda _line: None, jobs=jobs, steps=steps)
-        return pd.DataFrame(
-            [{"step": name, "messages": s.messages, "new": s.messages - s.duplicates,
-              "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors}
-             for name, s in run.summaries])
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for part in demo_parts(data / "sample", data / "demo-tenant"):
+            s = ingest_part(self.db, part, jobs=jobs)
+            rows.append({"step": part.name, "messages": s.messages, "new": s.messages - s.duplicates,
+                         "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors})
+        return pd.DataFrame(rows)
 
     def rules(self, name: str) -> Path:
         """A rules file of the project's data/rules/ folder (the deployed one and candidates)."""

@@ -12,7 +12,7 @@ import click
 from edrules.errors import EdrulesError, Location
 
 
-def _parse_now(text: str | None) -> datetime | None:
+def parse_now(text: str | None) -> datetime | None:
     """`2026-01-31` or an ISO timestamp; naive values are UTC."""
     if text is None:
         return None
@@ -86,7 +86,7 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
     from edrules.backends.sql import copy_verdicts, verdict_counts
     from edrules.schema import require_dataset
 
-    given = _parse_now(now_text)
+    given = parse_now(now_text)
     pack = _load_policy(pack_path, pubkey=pubkey, allow_unsigned=allow_unsigned)
     if engine == "spark" and backend != "sql":
         raise click.UsageError("--engine spark runs the SQL backend; --backend runtime is DuckDB-side only")
