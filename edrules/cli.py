@@ -16,11 +16,11 @@ from edrules.errors import EdrulesError
 
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
-    "ingest": "edrules.ingest.cli:ingest",
+    "ingest": "edrules.workbench.cli_ingest:ingest",
     "synth": "edrules.synth:synth_command",
     "pack": "edrules.rules.cli:pack",
-    "evaluate": "edrules.backends.cli:evaluate",
-    "explain": "edrules.rules.cli:explain",
+    "evaluate": "edrules.workbench.cli_evaluate:evaluate",
+    "explain": "edrules.workbench.cli_explain:explain",
     "whatif": "edrules.workbench.cli:whatif",
     "dns-check": "edrules.auth.cli:dns_check",
     "demo": "edrules.demo:demo",

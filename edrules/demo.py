@@ -13,22 +13,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edrules.errors import EdrulesError
+from edrules.ingest.demo import (  # noqa: F401 (SAMPLE_LABELS: tests read the demo's labels here)
+    DATA,
+    SAMPLE_LABELS,
+    TENANT_LABELS,
+    Part,
+    ingest_part,
+    quarantine_parts,
+    sample_parts,
+    tenant_parts,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time: `edrules --help` stays fast
     from edrules.ingest.pipeline import IngestSummary
-    from edrules.ingest.trust import TrustConfig
-
-DATA = Path(__file__).resolve().parent.parent / "data"
-TENANT_GATEWAY = "mx1.northwind-traders.cz"  # edrules.synth.world.GATEWAY, without importing synth
-
-# Sample folders with a known label; every other folder of the sample is ingested unlabelled.
-SAMPLE_LABELS = {
-    "spamassassin_publiccorpus/easy_ham": "ham",
-    "spamassassin_publiccorpus/hard_ham": "ham",
-    "spamassassin_publiccorpus/spam": "spam",
-}
-TENANT_LABELS = ("ham", "spam", "phishing", "malware")
 
 
 @dataclass(slots=True)
@@ -61,40 +58,23 @@ def ensure_tenant(r: Run) -> None:
     r.echo("  " + summary_line(synthesize(r.tenant)))
 
 
-def _ingest(r: Run, what: str, paths: list[Path], dataset: str, label: str | None = None,
-            trust: TrustConfig | None = None) -> None:
-    from edrules.ingest import ingest_paths
-
-    summary = ingest_paths(r.db, paths, dataset=dataset, label=label, trust=trust, jobs=r.jobs)
-    r.summaries.append((f"{dataset}:{what}", summary))
-    r.echo(f"  {what:<28} {summary}")
+def _ingest(r: Run, parts: list[Part]) -> None:
+    for part in parts:
+        summary = ingest_part(r.db, part, jobs=r.jobs)
+        r.summaries.append((part.name, summary))
+        r.echo(f"  {part.what:<28} {summary}")
 
 
 def ingest_sample(r: Run) -> None:
-    if not r.sample.is_dir():
-        raise EdrulesError(f"sample folder not found: {r.sample}")
-    for rel, label in SAMPLE_LABELS.items():
-        if (r.sample / rel).is_dir():
-            _ingest(r, f"{rel} ({label})", [r.sample / rel], "sample", label)
-    labelled_roots = {rel.split("/")[0] for rel in SAMPLE_LABELS}
-    rest = sorted(p for p in r.sample.iterdir() if p.is_dir() and p.name not in labelled_roots)
-    _ingest(r, "other folders (unlabelled)", rest, "sample")
-
-
-def _tenant_trust() -> TrustConfig:
-    from edrules.ingest.trust import TrustConfig
-
-    # The gateway stamped Received, Received-SPF and Authentication-Results; nothing else is believed.
-    return TrustConfig(authserv_ids=frozenset({TENANT_GATEWAY}), auto_detect=False)
+    _ingest(r, sample_parts(r.sample))
 
 
 def ingest_tenant(r: Run) -> None:
-    for label in TENANT_LABELS:
-        _ingest(r, f"{label}/ ({label})", [r.tenant / label], "demo", label, _tenant_trust())
+    _ingest(r, tenant_parts(r.tenant))
 
 
 def ingest_quarantine(r: Run) -> None:
-    _ingest(r, "quarantine.csv", [r.tenant / "quarantine.csv"], "demo-quarantine", None, _tenant_trust())
+    _ingest(r, quarantine_parts(r.tenant))
 
 
 SUMMARY_SQL = """

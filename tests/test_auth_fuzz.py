@@ -169,7 +169,7 @@ def test_any_zone_file_bytes_load_or_give_a_located_edrules_error(tmp_path, data
 def test_explain_survives_hostile_dkim_signature_and_dmarc_results(sig, ar):
     """explain reads the gateway's Authentication-Results rather than the engine; a hostile
     DKIM-Signature or dmarc= result in them must still give an explanation."""
-    from edrules.rules.explain import explain_message
+    from edrules.backends.explain import explain_message
 
     clean = lambda s: s.replace("\r", " ").replace("\n", " ")  # noqa: E731 - one header line each
     message = (f"Authentication-Results: mx.example.net; dmarc={clean(ar)} header.from=example.org\r\n"

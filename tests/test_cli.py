@@ -153,7 +153,7 @@ EXPLAIN_WIDE = ("phishing_pot/sample-1.eml", "phishing_pot/sample-1015.eml", "ph
 
 
 def test_every_line_of_an_explain_report_fits_100_columns_and_wrapping_loses_no_word(corpus, tmp_path):
-    from edrules.rules.explain import explain_message
+    from edrules.backends.explain import explain_message
 
     rules = tmp_path / "seed.yaml"  # an allow entry strict ignores: the report has a hint and a not-applied line
     rules.write_text("allow:\n  - sender: DoNotReply@someotpsite.cz\n")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edrules.errors import EdrulesError
 from edrules.facts import DkimSignatureResult
 from edrules.ingest import TrustConfig, facts_from_bytes, ingest_paths, read_facts
-from edrules.ingest.cli import ingest as ingest_command
+from edrules.workbench.cli_ingest import ingest as ingest_command
 from edrules.ingest.readers import read_unit_bytes, units_of_file
 
 MS_TRUST = TrustConfig(authserv_ids=frozenset({"(none)", "protection.outlook.com"}))

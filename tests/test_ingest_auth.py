@@ -15,7 +15,8 @@ from edrules.ingest.authheaders import (
     parse_received_spf,
 )
 from edrules.ingest.headers import split_header_block
-from edrules.ingest.readers import Unit, read_unit_bytes, units_of_file
+from edrules.ingest.pipeline import units_of
+from edrules.ingest.readers import Unit, read_unit_bytes
 
 TRUSTED = TrustConfig(authserv_ids=frozenset({"mx.example.org"}))
 EDGE = b"Received: from out.sender.example (out.sender.example [198.51.100.4]) by mx.example.org; Thu, 1 Jan 2026 00:00:01 +0000\r\n"
@@ -121,7 +122,7 @@ def _all_ar_headers(corpus: Path) -> list[str]:
         for path in sorted((corpus / folder).rglob("*")):
             if not path.is_file():
                 continue
-            for unit in units_of_file(path):
+            for unit in units_of(path):
                 if not isinstance(unit, Unit) or unit.kind == "csv":
                     continue
                 block = split_header_block(read_unit_bytes(unit)[:200000])

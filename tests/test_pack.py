@@ -280,7 +280,8 @@ def test_explain_prints_the_forgery_sentence_for_the_seed_message(tmp_path, keys
 
 
 def test_every_pack_and_explain_command_and_option_is_documented():
-    from edrules.rules.cli import explain, pack
+    from edrules.rules.cli import pack
+    from edrules.workbench.cli_explain import explain
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "rules.md").read_text(encoding="utf-8")
     cli_section = doc.split("## Command line", 1)[1]

@@ -379,7 +379,7 @@ _VERBS = {"deliver": "delivered", "tag": "tagged", "quarantine": "quarantined", 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.says for r in ROWS])
 def test_explain_gives_one_plain_english_sentence_per_recipient(row: Row):
-    from edrules.rules.explain import explain_facts
+    from edrules.backends.explain import explain_facts
 
     exp = explain_facts(_facts(row), parse_rules(row.rules), now=NOW)
     action, category, rule_id = row.expect
@@ -393,7 +393,7 @@ def test_explain_gives_one_plain_english_sentence_per_recipient(row: Row):
 
 
 def test_explain_names_the_safe_fix_when_an_allow_entry_names_a_header_from_strict_ignores():
-    from edrules.rules.explain import explain_facts
+    from edrules.backends.explain import explain_facts
 
     seed = _facts(ROWS[0])
     exp = explain_facts(seed, parse_rules(ALLOW_SEED), now=NOW)

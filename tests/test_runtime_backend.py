@@ -379,11 +379,16 @@ def test_every_verdict_carries_a_trace_of_the_evidence_it_used():
     assert "allow" in steps and "amazonses" in steps["via"]
 
 
-def test_the_runtime_module_imports_neither_pandas_nor_duckdb():
-    code = ("import sys, edrules.backends.runtime, edrules.pack, edrules.rules.parse; "
-            "print(sorted(m for m in ('pandas', 'duckdb', 'pyarrow') if m in sys.modules))")
+def test_the_runtime_module_and_every_rules_module_import_neither_pandas_nor_duckdb():
+    # Every module under edrules/rules/, found on disk (tests/test_layers.py checks the same
+    # statically, naming the import that would pull them in).
+    code = ("import sys, pkgutil, importlib, edrules.backends.runtime, edrules.pack, edrules.rules as r\n"
+            "mods = [m.name for m in pkgutil.walk_packages(r.__path__, 'edrules.rules.')]\n"
+            "[importlib.import_module(m) for m in mods]\n"
+            "print(len(mods), sorted(m for m in ('pandas', 'duckdb', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    n, _, heavy = out.stdout.strip().partition(" ")
+    assert int(n) >= 3 and heavy == "[]", out.stdout
 
 
 # -- CIDR interval index against a brute-force reference ----------------------------------

@@ -585,7 +585,7 @@ def test_editor_app_opens_any_dataset_and_rules_file_and_reports_a_bad_dataset(m
 
 
 def test_explain_spells_trusted_authserv_like_ingest_and_keeps_the_old_spelling_hidden():
-    from edrules.rules.cli import explain
+    from edrules.workbench.cli_explain import explain
 
     opts = {o: p for p in explain.params for o in p.opts}
     assert not opts["--trusted-authserv"].hidden and opts["--trust-authserv"].hidden
@@ -622,7 +622,7 @@ def test_explain_db_takes_a_message_key_or_the_12_character_prefix_reports_print
 
 
 def test_explain_names_allow_entries_that_matched_the_sender_but_did_not_apply_and_why(wb):
-    from edrules.rules.explain import explain_facts
+    from edrules.backends.explain import explain_facts
 
     pair = CURRENT.replace("    sender: {OTP}".format(OTP=OTP), f"    sender: {OTP}\n    via: amazonses")
     policy = wb.pack(pair)
@@ -860,3 +860,80 @@ def test_the_evaluation_date_keeps_the_last_days_of_a_years_long_steady_dataset(
     assert got.newest == newest and got.outliers == 0  # 3 years: the last 1% spans 11 days
     con.execute("INSERT INTO messages VALUES ('t', TIMESTAMP '2025-12-20')")  # a year past the rest
     assert default_now(con, clock=datetime(2026, 1, 1)).newest == newest
+
+
+# -- issue 13: rows decided without an envelope sender are reported, not read as delivered ----
+
+NO_ENVELOPE = ("2 of 15 recipient rows were decided without an envelope sender (no MAIL FROM, "
+               "Return-Path or From_ line)")
+STRICT_BLIND = "the strict From-policy cannot call them forgeries"
+
+
+def _without_envelope(n: int, hfrom: str, rcpts=(ALICE, BOB)) -> tuple[dict, tuple[str, ...]]:
+    """A message that names no envelope sender anywhere: a pasted header block, say."""
+    row, rs = _msg(n, hfrom=hfrom, env="", spf=None, rcpts=rcpts)
+    row.update(envelope_from=None, helo=None, helo_org=None)
+    return row, rs
+
+
+@pytest.fixture(scope="module")
+def blind_db(tmp_path_factory) -> Path:
+    # m12 claims a foreign brand with no envelope: strict cannot compare organisations.
+    return build_db(tmp_path_factory.mktemp("blind") / "blind.duckdb",
+                    [*mini_tenant(), _without_envelope(12, "security@bank.example")])
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_workbench_counts_the_recipient_rows_without_an_envelope_sender(blind_db, wb):
+    with Workbench(blind_db) as w:
+        assert w.rows_without_envelope == 2
+        assert _flat(w.envelope_note(CURRENT)) == f"{NO_ENVELOPE}: {STRICT_BLIND}"
+        diff = w.whatif(CURRENT, CURRENT.replace("strict", "aligned"))
+        assert diff.rows_without_envelope == 2 and diff.to_json()["rows_without_envelope"] == 2
+        assert "under aligned their envelope identities never match" in _flat(diff.envelope_note)
+        # the documented reading stays: such a row is delivered under strict
+        rows = w.evaluate(CURRENT)
+        assert set(rows[rows["msg_key"] == "m12"]["action"]) == {"deliver"}
+    assert wb.rows_without_envelope == 0 and wb.envelope_note(CURRENT) == ""
+    assert wb.whatif(CURRENT, CURRENT).envelope_note == ""
+
+
+def test_the_note_says_what_an_unknown_envelope_hides_under_each_from_policy():
+    from edrules.backends.evalscope import no_envelope_note
+
+    assert no_envelope_note(0, 10, ["strict"]) == ""
+    strict = no_envelope_note(1234, 56789, ["strict"])
+    assert _flat(strict) == ("1,234 of 56,789 recipient rows were decided without an envelope sender (no "
+                             f"MAIL FROM, Return-Path or From_ line): {STRICT_BLIND}")
+    assert max(len(line) for line in strict.splitlines()) <= 100
+    relaxed = _flat(no_envelope_note(1, 2, ["relaxed"]))
+    assert "strict" not in relaxed and "under relaxed their envelope identities never match" in relaxed
+
+
+def test_whatif_cli_reports_rows_decided_without_an_envelope_in_text_and_json(blind_db, packs):
+    args = ["whatif", "--db", str(blind_db), "--pack", str(packs[0]), "--pack", str(packs[1])]
+    text = _cli(*args)
+    assert text.exit_code == 0, text.output
+    assert f"{NO_ENVELOPE}: {STRICT_BLIND}" in _flat(text.output)
+    assert max(len(line) for line in text.output.splitlines()) <= 100
+    out = json.loads(_cli(*args, "--json").output)
+    assert out["rows_without_envelope"] == 2
+
+
+def test_whatif_cli_says_nothing_of_envelopes_when_every_row_has_one(mini_db, packs):
+    args = ["whatif", "--db", str(mini_db), "--pack", str(packs[0]), "--pack", str(packs[1])]
+    assert "envelope sender" not in _cli(*args).output
+    assert json.loads(_cli(*args, "--json").output)["rows_without_envelope"] == 0
+
+
+@pytest.mark.parametrize("backend", ["sql", "runtime"])
+def test_evaluate_cli_reports_rows_decided_without_an_envelope_only_when_there_are_some(
+        blind_db, mini_db, packs, backend):
+    blind = _cli("evaluate", "--db", str(blind_db), "--pack", str(packs[0]), "--backend", backend)
+    assert blind.exit_code == 0, blind.output
+    assert f"{NO_ENVELOPE}: {STRICT_BLIND}" in _flat(blind.output)
+    clean = _cli("evaluate", "--db", str(mini_db), "--pack", str(packs[0]), "--backend", backend)
+    assert clean.exit_code == 0 and "envelope sender" not in clean.output

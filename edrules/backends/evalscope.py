@@ -1,8 +1,11 @@
-"""What an evaluation covers: a dataset name that exists, the date entry expiry is judged at, a file lock explained."""
+"""What an evaluation covers: a dataset name that exists, the date entry expiry is judged at, the rows
+decided without an envelope sender, a file lock explained."""
 
 from __future__ import annotations
 
 import re
+import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -97,6 +100,46 @@ def default_now(con: duckdb.DuckDBPyConnection, dataset: str | None = None, *,
             FROM messages WHERE received_at IS NOT NULL {where}""", params).fetchall()[0]
     now = newest.replace(microsecond=0) + timedelta(days=1)
     return EvalDate(now, "data", newest, int(outliers))
+
+
+def rows_without_envelope(con: duckdb.DuckDBPyConnection, dataset: str | None = None, *,
+                          recipient: str | None = None, recipient_domain: str | None = None) -> int:
+    """Recipient rows whose message has no envelope sender at all (no MAIL FROM, Return-Path or
+    From_ line: `envelope_from IS NULL`; the null sender `<>` is `''`, known). Optionally only
+    one recipient's or one recipient domain's rows, as a what-if limited to them."""
+    where, params = ["m.envelope_from IS NULL"], {}
+    if dataset is not None:
+        where.append("r.dataset = $ds")
+        params["ds"] = dataset
+    if recipient is not None:
+        where.append("r.recipient = $rcpt")
+        params["rcpt"] = recipient.strip().lower()
+    if recipient_domain is not None:
+        where.append("lower(split_part(r.recipient, '@', -1)) = $rdom")
+        params["rdom"] = recipient_domain.strip().lower().rstrip(".")
+    return int(con.execute(
+        "SELECT count(*) FROM recipients r JOIN messages m ON m.dataset = r.dataset AND m.msg_key = r.msg_key "
+        "WHERE " + " AND ".join(where), params).fetchall()[0][0])
+
+
+# What an unknown envelope means under each From-policy (docs/rules.md, Semantics).
+_BLIND = {
+    "strict": "the strict From-policy cannot call them forgeries",
+    "aligned": "under aligned their envelope identities never match (no envelope entry, no SPF alignment)",
+    "relaxed": "under relaxed their envelope identities never match (no envelope entry applies)",
+}
+
+
+def no_envelope_note(rows: int, total: int, from_policies: Iterable[str], *, width: int = 100) -> str:
+    """The report line (wrapped to `width`) saying how many recipient rows were decided without
+    an envelope sender and what that hides under the given From-policies; '' when there are none."""
+    if rows <= 0:
+        return ""
+    given = {str(p) for p in from_policies}
+    why = "; ".join(text for mode, text in _BLIND.items() if mode in given)
+    text = (f"{rows:,} of {total:,} recipient rows were decided without an envelope sender "
+            f"(no MAIL FROM, Return-Path or From_ line)" + (f": {why}" if why else ""))
+    return textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
 
 
 _LOCK = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")

@@ -23,6 +23,7 @@ from edrules.ingest.readers import (
     ReadFailure,
     Skipped,
     Unit,
+    is_csv,
     is_smtp_transcript,
     open_regular,
     read_capped,
@@ -30,6 +31,7 @@ from edrules.ingest.readers import (
     units_of_file,
     walk,
 )
+from edrules.ingest.quarantine import csv_units
 from edrules.ingest.trust import AUTO_SAMPLE, TrustConfig, detect_authserv_ids
 
 BATCH_FILES = 64  # files per worker task: large enough to amortise pickling, small for balance
@@ -39,6 +41,13 @@ FLUSH_MESSAGES = 2000  # messages per DuckDB transaction with one process
 # their extraction; the last load, after them, uses all of DuckDB's threads).
 STAGE_MESSAGES = 2000
 SNIFF_BYTES = 262144
+
+
+def units_of(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFailure]:
+    """One file's units: the rows of a quarantine CSV, or the messages of a mail file."""
+    if is_csv(path):
+        return csv_units(path)
+    return units_of_file(path, keep_data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,7 @@ def _process(args: tuple[list[str], str, str | None, TrustConfig]) -> ArrowBatch
     gc.disable()
     try:
         for path in paths:
-            for u in units_of_file(Path(path), keep_data=True):
+            for u in units_of(Path(path), keep_data=True):
                 if isinstance(u, ReadFailure):
                     batch.error(dataset, u.source, u.position, u.error, u.detail)
                     continue
@@ -170,7 +179,7 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Unit], list[ReadFailure]
         elif isinstance(item, ReadFailure):
             failures.append(item)
         else:
-            for u in units_of_file(item):
+            for u in units_of(item):
                 (failures if isinstance(u, ReadFailure) else units).append(u)
     return units, failures, skipped
 

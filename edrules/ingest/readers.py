@@ -364,7 +364,8 @@ def split_smtp(data: bytes) -> list[tuple[int, int, dict]]:
     return out
 
 
-def is_csv(path: Path, head: bytes) -> bool:
+def is_csv(path: Path) -> bool:
+    """A quarantine export is known by its name: its content is not mail to sniff."""
     return path.suffix.lower() == ".csv"
 
 
@@ -373,8 +374,9 @@ READ_WHOLE = 1 << 20
 
 
 def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFailure]:
-    """Split one file into units. Unreadable files become failures, never exceptions.
-    keep_data: a small single-message file's bytes ride along in the unit."""
+    """Split one mail file (message, mbox, SMTP transcript) into units. Unreadable files become
+    failures, never exceptions. keep_data: a small single-message file's bytes ride along in the
+    unit. A quarantine CSV is not mail: edrules.ingest.pipeline.units_of sends it to its reader."""
     src = str(path)
     try:
         head = _head(path, READ_WHOLE if keep_data else 4096)
@@ -383,11 +385,6 @@ def units_of_file(path: Path, keep_data: bool = False) -> Iterator[Unit | ReadFa
         return
     except OSError as exc:
         yield ReadFailure(src, "file", "unreadable", exc.strerror or str(exc))
-        return
-    if is_csv(path, head):
-        from edrules.ingest.quarantine import csv_units
-
-        yield from csv_units(path)
         return
     if is_smtp_transcript(head):
         try:

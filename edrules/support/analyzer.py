@@ -1,7 +1,7 @@
 """Header analyzer: why was this pasted header block (or .eml) quarantined, in plain English, and the safe fix.
 
 Facts come from the same extraction the gateway uses (edrules.ingest.extract.facts_from_bytes),
-verdicts from the runtime backend under the domain's current pack (edrules.rules.explain), and
+verdicts from the runtime backend under the domain's current pack (edrules.backends.explain), and
 fixes from the workbench's suggestions over the domain's history. Nothing here re-implements a
 rule: the explanation is read off the verdict, its trace and the evaluator's answer to "and
 under another From-policy?".
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from edrules.errors import EdrulesError, Location
 from edrules.facts import Action, MessageFacts, Verdict
-from edrules.rules.explain import Explanation, explain_facts
+from edrules.backends.explain import Explanation, explain_facts
 from edrules.rules.model import FromPolicy, Policy
 
 if TYPE_CHECKING:

@@ -249,7 +249,7 @@ def detail(site: "Site", store: Any, principal: Any, item_id: str, *, access: Ca
     """Headers, a text preview, the stored reason, and the verdict + trace re-evaluated under
     the domain's current pack with the envelope the gateway recorded."""
     from edrules.ingest import TrustConfig, facts_from_bytes
-    from edrules.rules.explain import explain_facts
+    from edrules.backends.explain import explain_facts
     from edrules.support.analyzer import plain_english
 
     item = get_item(store, principal, item_id, access=access)

@@ -1,4 +1,5 @@
-"""Analyst workbench: what-if diffs, forgery exposure, safe-rule suggestions, plots and widgets."""
+"""Analyst workbench: what-if diffs, forgery exposure, safe-rule suggestions, plots and widgets,
+and the dataset commands (ingest, evaluate, whatif, explain) that drive it or the Spark engine."""
 
 from edrules.workbench.core import Workbench, default_db, repo_data_dir
 from edrules.workbench.evaluate import Backend

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import click
 import pandas as pd
 
+from edrules.backends.evalscope import rows_without_envelope
+from edrules.workbench.cli_evaluate import open_dataset
 from edrules.workbench.core import Workbench, default_db
 from edrules.workbench.evaluate import Backend
 from edrules.workbench.whatif import WhatIf
@@ -64,6 +67,7 @@ def render_text(diff: WhatIf, limit: int, *, now_line: str | None = None) -> str
         f"newly stopped: {c['newly_stopped']}",
         _cut(f"newly delivered by label: {labels}", WIDTH),
     ]
+    lines += diff.envelope_note.splitlines()  # wrapped to WIDTH already; none when every envelope is known
     if diff.changed == 0:
         lines.append("no verdict changes")
         return "\n".join(lines)
@@ -150,6 +154,12 @@ def whatif(db: Path | None, packs: tuple[str, ...], dataset: str | None, now: st
         before, after = (to_policy(p, pubkey_path=pubkey) for p in packs)
         diff, when = spark_cli.whatif(str(db or default_db()), before, after, now=_parse_now(now),
                                       dataset=dataset)
+        con = open_dataset(str(db or default_db()))
+        try:
+            diff = replace(diff, rows_without_envelope=rows_without_envelope(con, dataset),
+                           from_policies=(str(before.from_policy), str(after.from_policy)))
+        finally:
+            con.close()
         if as_json:
             body = diff.to_json(limit=limit) | {"now": when.now.isoformat(), "evaluation_date": when.describe()}
             click.echo(json.dumps(body, indent=2, default=_json_default, ensure_ascii=False))

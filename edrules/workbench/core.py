@@ -11,7 +11,15 @@ from typing import Any, Iterable
 import duckdb
 import pandas as pd
 
-from edrules.backends.evalscope import EvalDate, connect, default_now, lock_error, require_known_dataset
+from edrules.backends.evalscope import (
+    EvalDate,
+    connect,
+    default_now,
+    lock_error,
+    no_envelope_note,
+    require_known_dataset,
+    rows_without_envelope,
+)
 from edrules.errors import EdrulesError, Location
 from edrules.pack import LoadedPack
 from edrules.rules.model import Policy
@@ -173,17 +181,17 @@ class Workbench:
     def load_demo(self, data: str | Path | None = None, *, jobs: int | None = None) -> pd.DataFrame:
         """Ingest data/ exactly as `edrules demo` does (sample, demo tenant, quarantine export);
         idempotent: a second run finds only duplicates. One row per ingest step."""
-        from edrules.demo import STEPS, run_demo
+        from edrules.ingest.demo import demo_parts, ingest_part
 
         data = Path(data) if data is not None else repo_data_dir()
         self.close()
-        steps = tuple(s for s in STEPS if s.name in ("sample", "tenant-ingest", "quarantine"))
-        run = run_demo(self.db, sample=data / "sample", tenant=data / "demo-tenant", rules=data / "rules",
-                       echo=lambda _line: None, jobs=jobs, steps=steps)
-        return pd.DataFrame(
-            [{"step": name, "messages": s.messages, "new": s.messages - s.duplicates,
-              "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors}
-             for name, s in run.summaries])
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for part in demo_parts(data / "sample", data / "demo-tenant"):
+            s = ingest_part(self.db, part, jobs=jobs)
+            rows.append({"step": part.name, "messages": s.messages, "new": s.messages - s.duplicates,
+                         "duplicates": s.duplicates, "recipients": s.recipients, "errors": s.errors})
+        return pd.DataFrame(rows)
 
     def rules(self, name: str) -> Path:
         """A rules file of the project's data/rules/ folder (the deployed one and candidates)."""
@@ -254,6 +262,18 @@ class Workbench:
         rows = self.con.sql(f"SELECT action, count(*) FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
         return {"recipients": sum(n for _, n in rows), **{a: int(n) for a, n in rows}}
 
+    @property
+    def rows_without_envelope(self) -> int:
+        """Recipient rows of the dataset whose envelope sender is unknown (no MAIL FROM,
+        Return-Path or From_ line): entries on the envelope never match them, and `strict`
+        cannot call them forgeries."""
+        return rows_without_envelope(self.con, self.dataset)
+
+    def envelope_note(self, pack: PackSource) -> str:
+        """The report line on those rows for this pack's From-policy ('' when there are none)."""
+        total = self.action_counts(pack)["recipients"]
+        return no_envelope_note(self.rows_without_envelope, total, [self.pack(pack).from_policy])
+
     def counts(self, pack: PackSource) -> pd.DataFrame:
         """Recipient rows by action and decision category."""
         table = self.verdict_table(pack)
@@ -268,11 +288,15 @@ class Workbench:
         """Per-recipient diff of replaying `after` instead of `before` over the dataset
         (optionally only one recipient's or one recipient domain's rows)."""
         b, a = self.pack(before), self.pack(after)
-        return compute_whatif(self.con, self.verdict_table(b), self.verdict_table(a),
+        diff = compute_whatif(self.con, self.verdict_table(b), self.verdict_table(a),
                               before_name=b.name, after_name=a.name,
                               include_rule_changes=include_rule_changes,
                               now=self.now.isoformat(sep=" "), recipient=recipient,
                               recipient_domain=recipient_domain)
+        blind = rows_without_envelope(self.con, self.dataset, recipient=recipient,
+                                      recipient_domain=recipient_domain)
+        return replace(diff, rows_without_envelope=blind,
+                       from_policies=(str(b.from_policy), str(a.from_policy)))
 
     def compare(self, before: PackSource, afters: Iterable[PackSource]) -> pd.DataFrame:
         """One row per candidate pack: what it newly delivers (by label, forged or not) and

@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from edrules.backends.evalscope import no_envelope_note
 from edrules.errors import EdrulesError, Location
 from edrules.workbench.sqlfacts import install_facts_view
 
@@ -107,6 +108,13 @@ class WhatIf:
     summary: pd.DataFrame = field(repr=False)
     now: str | None = None  # the evaluation date (entry expiry), as printed in reports
     scope: str = ""  # e.g. "recipient domain example.cz": what the rows were limited to
+    rows_without_envelope: int = 0  # of `total`: no envelope sender known (evalscope.rows_without_envelope)
+    from_policies: tuple[str, ...] = ()  # of before and after, for the wording of envelope_note
+
+    @property
+    def envelope_note(self) -> str:
+        """How many rows were decided without an envelope sender, and what that hides; '' if none."""
+        return no_envelope_note(self.rows_without_envelope, self.total, self.from_policies)
 
     @property
     def empty(self) -> bool:
@@ -195,6 +203,7 @@ class WhatIf:
             "now": self.now,
             "scope": self.scope,
             "counts": self.counts(),
+            "rows_without_envelope": int(self.rows_without_envelope),
             "summary": self.summary.to_dict(orient="records"),
             "rows": top.to_dict(orient="records"),
         }

@@ -12,7 +12,7 @@ import click
 from edrules.errors import EdrulesError, Location
 
 
-def _parse_now(text: str | None) -> datetime | None:
+def parse_now(text: str | None) -> datetime | None:
     """`2026-01-31` or an ISO timestamp; naive values are UTC."""
     if text is None:
         return None
@@ -82,11 +82,17 @@ def _load_policy(path: str, *, pubkey: str | None, allow_unsigned: bool) -> _Nam
 def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, out_path: str | None,
              now_text: str | None, pubkey: str | None, allow_unsigned: bool, engine: str) -> None:
     """Evaluate a rule pack over a dataset and print verdict counts by action and category."""
-    from edrules.backends.evalscope import EvalDate, default_now, require_known_dataset
+    from edrules.backends.evalscope import (
+        EvalDate,
+        default_now,
+        no_envelope_note,
+        require_known_dataset,
+        rows_without_envelope,
+    )
     from edrules.backends.sql import copy_verdicts, verdict_counts
     from edrules.schema import require_dataset
 
-    given = _parse_now(now_text)
+    given = parse_now(now_text)
     pack = _load_policy(pack_path, pubkey=pubkey, allow_unsigned=allow_unsigned)
     if engine == "spark" and backend != "sql":
         raise click.UsageError("--engine spark runs the SQL backend; --backend runtime is DuckDB-side only")
@@ -96,6 +102,7 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
         require_known_dataset(con, dataset, db_path)
         when = EvalDate(given.replace(tzinfo=None), "given") if given else default_now(con, dataset)
         now = when.now
+        blind = rows_without_envelope(con, dataset)
         if engine == "spark":
             from edrules.spark import cli as spark_cli
 
@@ -134,6 +141,9 @@ def evaluate(db_path: str, pack_path: str, backend: str, dataset: str | None, ou
         raise EdrulesError("0 recipient rows were evaluated: the dataset has no recipient rows "
                            "to judge, so there are no counts to show")
     click.echo(format_counts(counts))
+    note = no_envelope_note(blind, sum(n for _, _, n in counts), [pack.policy.from_policy])
+    if note:
+        click.echo(note)
     if out_path:
         click.echo(f"verdicts written to {out_path}")
 
