@@ -21,8 +21,11 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from edrules.catalog import load_catalog
+from edrules.derive import DERIVED_COLUMNS, DERIVED_TYPES, derive
+from edrules.facts import MessageFacts
 from edrules.rules.model import (
     BulkPolicy,
     Entry,
@@ -103,6 +106,7 @@ SELECT
   org AS header_from_org,
   NULL::VARCHAR AS from_display,
   FALSE AS from_invalid,
+  [header_from] AS from_mailboxes,
   NULL::VARCHAR AS reply_to,
   envelope_from,
   nullif(split_part(envelope_from, '@', 2), '') AS envelope_from_domain,
@@ -150,6 +154,29 @@ FROM (
 """
 
 
+_WITH_DERIVED = """SELECT m.* EXCLUDE (n_rcpt, i), x.* EXCLUDE (i)
+FROM _gen_messages m JOIN _gen_derived x USING (i) ORDER BY m.i"""
+
+
+def _add_derived(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
+    """_gen_derived(i, derived columns...): computed by edrules.derive.derive for every
+    generated message, exactly as ingest computes them (never re-derived in SQL here)."""
+    types = {"VARCHAR": pa.string(), "BOOLEAN": pa.bool_(), "VARCHAR[]": pa.list_(pa.string())}
+    schema = pa.schema([("i", pa.int64())] + [(c, types[DERIVED_TYPES[c]]) for c in DERIVED_COLUMNS])
+    reader = con.execute("SELECT * EXCLUDE (n_rcpt) FROM _gen_messages").to_arrow_reader(batch)
+    tables = []
+    for rb in reader:
+        rows = rb.to_pylist()
+        values = [derive(MessageFacts.from_row(r)).values() for r in rows]
+        cols = [[r["i"] for r in rows]] + [list(col) for col in zip(*values)] if values else \
+            [[] for _ in schema.names]
+        tables.append(pa.Table.from_arrays([pa.array(c, t) for c, t in zip(cols, schema.types)], schema=schema))
+    derived = pa.concat_tables(tables) if tables else schema.empty_table()
+    con.register("_gen_derived_arrow", derived)
+    con.execute("CREATE OR REPLACE TEMP TABLE _gen_derived AS SELECT * FROM _gen_derived_arrow")
+    con.unregister("_gen_derived_arrow")
+
+
 def messages_for(rows: int) -> int:
     return max(1, round(rows / MEAN_RECIPIENTS))
 
@@ -162,9 +189,11 @@ def generate_tables(con: duckdb.DuckDBPyConnection, rows: int, *, dataset: str =
     n = messages_for(rows)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _gen_messages AS {_MESSAGES_SQL}",
                 {"lo": 0, "hi": n, "total": n, "dataset": dataset})
-    con.execute("INSERT INTO messages SELECT * EXCLUDE (n_rcpt, i) FROM _gen_messages")
+    _add_derived(con)
+    con.execute(f"INSERT INTO messages BY NAME {_WITH_DERIVED}")
     con.execute(f"INSERT INTO recipients {_RECIPIENTS_SQL}")
     con.execute("DROP TABLE _gen_messages")
+    con.execute("DROP TABLE _gen_derived")
     return _counts(con, "messages", "recipients")
 
 
@@ -181,7 +210,8 @@ def generate_parquet(out: Path, rows: int, *, dataset: str = "year", parts: int 
         lo, hi = p * step, min(n, (p + 1) * step)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _gen_messages AS {_MESSAGES_SQL}",
                     {"lo": lo, "hi": hi, "total": n, "dataset": dataset})
-        con.execute("COPY (SELECT * EXCLUDE (n_rcpt, i) FROM _gen_messages) TO $f (FORMAT parquet)",
+        _add_derived(con)
+        con.execute(f"COPY ({_WITH_DERIVED}) TO $f (FORMAT parquet)",
                     {"f": str(out / "messages" / f"part-{p:02d}.parquet")})
         con.execute(f"COPY ({_RECIPIENTS_SQL}) TO $f (FORMAT parquet)",
                     {"f": str(out / "recipients" / f"part-{p:02d}.parquet")})
