@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edrules.backends.runtime import RuntimeEvaluator
-from edrules.derive import DerivedFacts, derive
+from edrules.derive import DERIVED_COLUMNS, DerivedFacts, derive
+from edrules.rules import semantics as sem
 from edrules.facts import Action, MessageFacts, Verdict
-from edrules.rules.model import Entry, EntryKind, FromPolicy, Policy, ScopeKind, ViaKind
+from edrules.rules.model import Entry, EntryKind, FromPolicy, ListKind, Policy, ScopeKind, ViaKind
 
 _VERB = {
     Action.DELIVER: "delivered",
@@ -70,26 +71,29 @@ def _dmatch(d: str | None, e: Entry) -> bool:
     return d is not None and (d == e.value or (e.subdomains and d.endswith("." + e.value)))
 
 
-def _names_sender(e: Entry, f: MessageFacts) -> str | None:
-    """Which identity of the message an entry names, ignoring trust: 'header From', ..."""
-    # A pair names the header From side only; a plain entry's envelope match is checked first,
-    # as it is the identity every mode may trust.
-    if e.kind is EntryKind.SENDER:
-        if f.envelope_from and f.envelope_from == e.value and e.via is None:
-            return "envelope sender"
-        if f.header_from and f.header_from == e.value:
-            return "header From"
-    elif e.kind is EntryKind.DOMAIN:
-        if e.via is None and _dmatch(f.envelope_from_domain, e):
-            return "envelope domain"
-        if _dmatch(f.header_from_domain, e):
-            return "header From domain"
-    elif f.client_ip:
-        try:
-            if ipaddress.ip_address(f.client_ip) in ipaddress.ip_network(e.value, strict=False):
-                return "client IP"
-        except ValueError:
-            return None
+def _value_matches(matcher: sem.Matcher, value, e: Entry) -> bool:
+    if matcher is sem.Matcher.EXACT:
+        return value == e.value
+    if matcher is sem.Matcher.DOMAIN:
+        return _dmatch(value, e)
+    try:
+        return ipaddress.ip_address(value) in ipaddress.ip_network(e.value, strict=False)
+    except ValueError:
+        return False
+
+
+def _names_sender(e: Entry, f: MessageFacts, d: DerivedFacts) -> str | None:
+    """Which identity of the message an entry names, ignoring trust ('header From', ...): the
+    first identity (semantics.IDENTITIES order) that its list and form may match under some
+    From-policy and whose value matches. A pair names the header From side only."""
+    fields = {field for mode in FromPolicy for field in sem.gates_for(mode, ListKind(e.list), sem.entry_form(e))}
+    matcher = sem.KIND_MATCHERS[e.kind]
+    for ident in sem.IDENTITIES:
+        if ident.kind is not e.kind or ident.field not in fields:
+            continue
+        raw = getattr(d, ident.field) if ident.field in DERIVED_COLUMNS else getattr(f, ident.field)
+        if raw and any(_value_matches(matcher, v, e) for v in (raw if ident.many else (raw,))):
+            return ident.label
     return None
 
 
@@ -128,7 +132,7 @@ def near_misses(facts: MessageFacts, policy: Policy, verdicts: Sequence[Verdict]
     mode = policy.from_policy
     out: list[str] = []
     for e in policy.allow:
-        named = _names_sender(e, facts)
+        named = _names_sender(e, facts, m)
         if named is None:
             continue
         missed = [v for v in verdicts if v.rule_id != e.id]

@@ -237,13 +237,16 @@ class RuntimeEvaluator:
         for g in sem.GATES:
             if g.under(mode) is not None:
                 role_gates.setdefault(g.role, set()).add(g.under(mode))
-        self._probes: list[tuple[int, sem.Identity, Callable, tuple[Callable, ...]]] = []
+        # (rank, identity, accessor, gate columns one of which must hold, walks domain parents);
+        # CIDR kinds are looked up in the interval indices instead.
+        self._probes: list[tuple[int, sem.Identity, Callable, tuple[Callable, ...], bool]] = []
         for rank, ident in enumerate(sem.IDENTITIES):
             if ident.kind not in self._by_kind or ident.role not in role_gates:
                 continue
             gates = role_gates[ident.role]
             needs = () if gates & {sem.ALWAYS, sem.VIA} else tuple(_column(g) for g in sorted(gates))
-            self._probes.append((rank, ident, _column(ident.field), needs))
+            walks = sem.KIND_MATCHERS[ident.kind] is sem.Matcher.DOMAIN
+            self._probes.append((rank, ident, _column(ident.field), needs, walks))
         self._gate = {g: _column(g) for g in {*(x for s in role_gates.values() for x in s)} - {sem.ALWAYS, sem.VIA}}
         self._actions = {k: Action(v) for k, v in policy.actions.items()}
         self._bulk = {k: BulkPolicy(v) for k, v in policy.bulk_mailers.items()}
@@ -407,20 +410,18 @@ class RuntimeEvaluator:
         # (rank, identity, value shown, is_parent, bucket).
         found: list[tuple] = []
         has_sub = self._has_sub
-        for rank, ident, get, needs in self._probes:
+        for rank, ident, get, needs, suffixes in self._probes:
             if needs and not any(n(f, d) for n in needs):
                 continue
             raw = get(f, d)
             if not raw:
                 continue
-            if ident.kind is EntryKind.IP:
-                continue  # interval index, below
             values = self._by_kind[ident.kind]
             for v in (raw if ident.many else (raw,)):
                 b = values.get(v)
                 if b is not None:
                     found.append((rank, ident, v, False, b))
-                if has_sub and ident.kind is EntryKind.DOMAIN:  # parents, for `subdomains: true`
+                if has_sub and suffixes:  # parents, for `subdomains: true`
                     i = v.find(".")
                     while i >= 0:
                         b = values.get(v[i + 1:])
@@ -520,7 +521,9 @@ class RuntimeEvaluator:
         return action, kind, reason, e.id, tuple(trace)
 
 
-_IP_IDENTITY = next((rank, i) for rank, i in enumerate(sem.IDENTITIES) if i.kind is EntryKind.IP)
+# The identity CIDR entries are matched against (the interval indices hold them).
+_IP_IDENTITY = next((rank, i) for rank, i in enumerate(sem.IDENTITIES)
+                    if sem.KIND_MATCHERS[i.kind] is sem.Matcher.CIDR)
 
 
 def _order(hit: _Hit) -> tuple[int, int, str]:
