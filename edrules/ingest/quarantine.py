@@ -12,7 +12,7 @@ from typing import Iterator
 from edrules.domains import address_domain, normalize_address, normalize_ip, org_domain
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
-from edrules.ingest.extract import ExtractedMessage, Recipient, normalize_category
+from edrules.ingest.extract import ExtractedMessage, Recipient, from_mailboxes, normalize_category
 from edrules.ingest.headers import decode_words
 from edrules.ingest.readers import FileRefused, ReadFailure, Unit, max_file_bytes, read_capped
 from edrules.ingest.received import parse_date
@@ -191,7 +191,8 @@ def facts_from_csv_row(unit: Unit, dataset: str, label: str | None) -> Extracted
     env = kw["envelope_from"]
     env_from = normalize_address(env) if env is not None else None
     env_domain = address_domain(env_from)
-    hf = normalize_address(row.get("header_from", "").strip() or None)
+    hf_cell = row.get("header_from", "").strip()
+    hf = normalize_address(hf_cell or None)
     hf_domain = address_domain(hf)
     rcpts = tuple(
         Recipient(a, address_domain(a), "envelope")
@@ -214,6 +215,7 @@ def facts_from_csv_row(unit: Unit, dataset: str, label: str | None) -> Extracted
         from_display=row.get("from_display", "").strip() or None,
         # A gateway export names at most one From; absent means unknown, which rules treat as invalid.
         from_invalid=hf_domain is None,
+        from_mailboxes=from_mailboxes(hf if hf_domain else None, [hf_cell]),
         envelope_from=env_from,
         envelope_from_domain=env_domain,
         envelope_from_org=org_domain(env_domain) if env_domain else None,
