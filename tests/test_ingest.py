@@ -225,6 +225,21 @@ def test_a_malformed_from_keeps_its_mailboxes_in_the_dataset_and_the_quarantine_
                     (None, True, [], [])]
 
 
+def test_a_quarantine_csv_from_cell_is_read_as_a_from_field_not_as_one_address(tmp_path):
+    # The cell used to be normalised as one address: `ihr gewinner team, jehd <service@...` with
+    # the domain stayfriends.de and from_invalid false, a valid header From no MTA ever saw.
+    (tmp_path / "q.csv").write_text(
+        CSV_HEADER + '2026-01-05T10:00:00Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,'
+        '"Ihr Gewinner Team, jehd <service@stayfriends.de>",s\n'
+        '2026-01-05T10:00:01Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,Jane <J@Example.com>,s\n')
+    con = duckdb.connect()
+    ingest_paths(con, [tmp_path], jobs=1)
+    assert con.execute("SELECT header_from, header_from_domain, from_invalid, from_mailboxes FROM messages "
+                       "ORDER BY received_at").fetchall() == [
+        (None, None, True, ["service@stayfriends.de"]),
+        ("j@example.com", "example.com", False, ["j@example.com"])]
+
+
 def test_an_address_hidden_in_an_encoded_word_is_a_malformed_from_not_that_address():
     # RFC 2047 forbids encoded-words in an addr-spec; the gateway's DMARC finds no From domain
     # there (so no p=reject fail), while a decoding MUA shows ceo@bank.example. Reading it as

@@ -524,6 +524,14 @@ def from_mailboxes(header_from: str | None, from_values: Iterable[str]) -> tuple
     return tuple(found)
 
 
+def from_cell(value: str) -> tuple[str | None, str | None, str | None, bool, tuple[str, ...]]:
+    """(address, domain, display, invalid, mailboxes) of a From value given on its own (a
+    quarantine CSV's header_from cell), read exactly as a message's single From field."""
+    block = split_header_block(("From: " + " ".join(value.split())).encode("utf-8", "replace"))
+    address, domain, display, invalid = _header_from(block)
+    return address, domain, display, invalid, from_mailboxes(address, (v for _, v in block.get_all("from")))
+
+
 def _lenient_address(addr: str) -> str | None:
     if "=?" in addr:
         return None  # an encoded-word (RFC 2047 forbids them in an addr-spec): no address
