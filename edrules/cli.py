@@ -17,6 +17,7 @@ from edrules.errors import EdrulesError
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "ingest": "edrules.ingest.cli:ingest",
+    "upgrade": "edrules.ingest.upgrade:upgrade",
     "synth": "edrules.synth:synth_command",
     "pack": "edrules.rules.cli:pack",
     "evaluate": "edrules.backends.cli:evaluate",
