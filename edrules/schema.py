@@ -95,6 +95,7 @@ ALL_DDL = (MESSAGES_DDL, RECIPIENTS_DDL, RECEIVED_HOPS_DDL, HEADERS_DDL, INGEST_
 # (edrules/ingest/upgrade.py) brings a version 1 file there in place.
 SCHEMA_VERSION = 2
 V2_COLUMNS: tuple[str, ...] = ("from_mailboxes", *DERIVED_COLUMNS)
+V2_TYPES: dict[str, str] = {"from_mailboxes": "VARCHAR[]", **DERIVED_TYPES}  # as in MESSAGES_DDL
 META_DDL = """
 CREATE TABLE IF NOT EXISTS edrules_meta (
     key   VARCHAR PRIMARY KEY,

@@ -153,6 +153,12 @@ def test_a_version_1_parquet_folder_is_refused_naming_the_remedy_and_exports_car
             con.execute(f"COPY (SELECT * FROM {table}) TO '{folder / table}' (FORMAT parquet, PARTITION_BY (dataset))")
     one_line_error(edrules("evaluate", "--db", str(folder), "--pack", str(pack), "--allow-unsigned"),
                    "Parquet dataset schema version 1", "edrules upgrade FILE", "export it again", str(folder))
+    pytest.importorskip("pyspark")
+    from edrules.spark.ingest import ingest_spark
+
+    with pytest.raises(EdrulesError, match="Parquet dataset schema version 1"):
+        # refused before Spark is asked for anything: v2 rows appended to v1 files mix schemas
+        ingest_spark(None, [fresh.parent / "mail"], folder)
 
     upgrade_dataset(old)
     with duckdb.connect(str(old), read_only=True) as con:

@@ -533,7 +533,7 @@ def from_cell(value: str) -> tuple[str | None, str | None, str | None, bool, tup
 
 
 def _lenient_address(addr: str) -> str | None:
-    if "=?" in addr:
+    if "=?" in addr and decode_words(addr) != " ".join(addr.split()):
         return None  # an encoded-word (RFC 2047 forbids them in an addr-spec): no address
     local, at, raw_domain = addr.strip().rpartition("@")
     if not at or not local.strip() or not domain_syntax_ok(raw_domain):

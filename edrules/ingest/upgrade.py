@@ -17,13 +17,15 @@ import click
 import duckdb
 import pyarrow as pa
 
-from edrules.derive import DERIVED_COLUMNS, DERIVED_TYPES, derive
+from edrules.derive import derive
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import from_mailboxes
+from edrules.ingest.load import MESSAGES_SCHEMA
 from edrules.schema import (
     SCHEMA_VERSION,
     V2_COLUMNS,
+    V2_TYPES,
     connect_dataset,
     ensure_schema,
     is_version_1,
@@ -33,11 +35,8 @@ from edrules.schema import (
 
 BATCH_ROWS = 50_000
 _FACT_COLUMNS = [c for c in MessageFacts.column_names() if c != "from_mailboxes"]
-_V2_TYPES = {"from_mailboxes": "VARCHAR[]", **DERIVED_TYPES}
-_V2_ARROW = pa.schema([("_rid", pa.int64()), ("from_mailboxes", pa.list_(pa.string()))]
-                     + [(c, pa.list_(pa.string()) if DERIVED_TYPES[c] == "VARCHAR[]"
-                         else pa.string() if DERIVED_TYPES[c] == "VARCHAR" else pa.bool_())
-                        for c in DERIVED_COLUMNS])
+# What one UPDATE writes back: the row's rowid, then the version 2 columns as ingest types them.
+_V2_ARROW = pa.schema([("_rid", pa.int64()), *(MESSAGES_SCHEMA.field(c) for c in V2_COLUMNS)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ def upgrade_dataset(path: str | Path, *, progress: bool = False) -> UpgradeSumma
         try:
             for column in V2_COLUMNS:  # schema order; ADD COLUMN appends them at the end
                 if column in lacking:
-                    con.execute(f"ALTER TABLE messages ADD COLUMN {column} {_V2_TYPES[column]}")
+                    con.execute(f"ALTER TABLE messages ADD COLUMN {column} {V2_TYPES[column]}")
             _fill(con, n, progress)
             ensure_schema(con)  # edrules_meta, stamped: messages is current now
             require_dataset(con, name)
