@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from edrules.derive import DERIVED_COLUMNS, derive
 from edrules.facts import MessageFacts
 from edrules.rules.model import FromPolicy
-from edrules.schema import ensure_schema
+from edrules.schema import ensure_schema, table_columns
 from edrules.workbench import Backend, CandidateKind, Tier, Workbench
 from edrules.workbench.packs import policy_digest, policy_to_rules_yaml, to_policy
 
@@ -93,8 +94,13 @@ def mini_tenant() -> list[tuple[dict, tuple[str, ...]]]:
 def build_db(path: Path, messages) -> Path:
     con = duckdb.connect(str(path))
     ensure_schema(con)
-    rows = [m for m, _ in messages]
-    df = pd.DataFrame(rows, columns=MessageFacts.column_names())
+    rows = []
+    for m, _ in messages:
+        # What ingest writes: [header_from] for a valid From, then the derived facts.
+        m = dict(m, from_mailboxes=[m["header_from"]] if m["header_from"] and not m["from_invalid"] else [])
+        derived = derive(MessageFacts.from_row(m)).values()
+        rows.append({**m, **{c: list(v) if isinstance(v, tuple) else v for c, v in zip(DERIVED_COLUMNS, derived)}})
+    df = pd.DataFrame(rows, columns=table_columns("messages"))
     con.register("df", df)
     con.execute("INSERT INTO messages SELECT * FROM df")
     rc = [{"dataset": m["dataset"], "msg_key": m["msg_key"], "recipient": r,
