@@ -17,6 +17,7 @@ from edrules.errors import EdrulesError
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "ingest": "edrules.workbench.cli_ingest:ingest",
+    "upgrade": "edrules.ingest.upgrade:upgrade",
     "synth": "edrules.synth:synth_command",
     "pack": "edrules.rules.cli:pack",
     "evaluate": "edrules.workbench.cli_evaluate:evaluate",

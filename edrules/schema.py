@@ -91,10 +91,27 @@ CREATE TABLE IF NOT EXISTS ingest_errors (
 
 ALL_DDL = (MESSAGES_DDL, RECIPIENTS_DDL, RECEIVED_HOPS_DDL, HEADERS_DDL, INGEST_ERRORS_DDL)
 
+# Version 2 added from_mailboxes and the derived facts to `messages`; `edrules upgrade`
+# (edrules/ingest/upgrade.py) brings a version 1 file there in place.
+SCHEMA_VERSION = 2
+V2_COLUMNS: tuple[str, ...] = ("from_mailboxes", *DERIVED_COLUMNS)
+V2_TYPES: dict[str, str] = {"from_mailboxes": "VARCHAR[]", **DERIVED_TYPES}  # as in MESSAGES_DDL
+META_DDL = """
+CREATE TABLE IF NOT EXISTS edrules_meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR
+)"""
+
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    for ddl in ALL_DDL:
+    """Create the tables a dataset lacks; a database whose `messages` is current (a new one)
+    is stamped with the schema version. A version 1 `messages` is left alone (and unstamped):
+    require_dataset refuses it."""
+    for ddl in (*ALL_DDL, META_DDL):
         con.execute(ddl)
+    if not schema_lacking(con)["messages"]:
+        con.execute("INSERT INTO edrules_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                    [str(SCHEMA_VERSION)])
 
 
 def _ddl_columns(ddl: str) -> tuple[str, ...]:
@@ -124,25 +141,45 @@ def open_error_text(exc: Exception) -> str:
     return text.removeprefix("IO Error: ")
 
 
-def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Refuse a DuckDB file that is not an edrules dataset, with what to do about it."""
-    from edrules.errors import EdrulesError, Location
-
+def schema_lacking(con: duckdb.DuckDBPyConnection) -> dict[str, list[str] | None]:
+    """Per table of REQUIRED_COLUMNS: the columns it lacks, in schema order (None: no such table)."""
     columns: dict[str, set[str]] = {}
     for table, column in con.execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
             "AND table_catalog = current_database()").fetchall():
         columns.setdefault(table, set()).add(column)
-    missing = [t for t in ("messages", "recipients") if t not in columns]
+    return {table: [c for c in wanted if c not in columns[table]] if table in columns else None
+            for table, wanted in REQUIRED_COLUMNS.items()}
+
+
+def is_version_1(lacking: list[str] | None) -> bool:
+    """`messages` lacking exactly some of the version 2 columns: a file written before them."""
+    return bool(lacking) and set(lacking) <= set(V2_COLUMNS)
+
+
+def _shown(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def require_dataset(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Refuse a DuckDB file that is not a current edrules dataset, with what to do about it.
+    Every reader of a dataset for rules (evaluate, whatif, explain --db, the workbench and the
+    dashboards) and ingest into an existing file come through here."""
+    from edrules.errors import EdrulesError, Location
+
+    lacking = schema_lacking(con)
+    missing = [t for t, cols in lacking.items() if cols is None]
     if missing:
         raise EdrulesError(f"not an edrules dataset (no {' or '.join(missing)} table): "
                            "run `edrules ingest --db FILE PATH...` first", Location(path))
-    for table, wanted in REQUIRED_COLUMNS.items():
-        lacking = [c for c in wanted if c not in columns[table]]
-        if lacking:
-            shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
+    if is_version_1(lacking["messages"]):
+        raise EdrulesError(
+            f"dataset schema version 1 predates the derived facts ({_shown(lacking['messages'])}); "
+            f"upgrade it in place with `edrules upgrade {path}`", Location(path))
+    for table, cols in lacking.items():
+        if cols:
             raise EdrulesError(
-                f"not an edrules dataset: table {table} lacks column(s) {shown} "
+                f"not an edrules dataset: table {table} lacks column(s) {_shown(cols)} "
                 "(made by another tool or an older edrules? ingest into a new file)", Location(path))
 
 
@@ -186,25 +223,58 @@ def is_parquet_dataset(path) -> bool:
     return p.is_dir() and (p / "messages").is_dir() and (p / "recipients").is_dir()
 
 
+def _parquet_source(root, table: str) -> str | None:
+    """read_parquet(...) over a table's files in a Parquet dataset folder; None without files."""
+    folder = root / table
+    if not folder.is_dir() or not any(folder.glob("**/*.parquet")):
+        return None
+    glob = str(folder / "**" / "*.parquet").replace("'", "''")
+    return (f"read_parquet('{glob}', hive_partitioning = true, "
+            "hive_types = {'dataset': VARCHAR}, union_by_name = true)")
+
+
+def require_parquet_dataset(path) -> None:
+    """Refuse a Parquet dataset folder written before schema version 2 (its `messages` files
+    lack the derived columns): there is nothing to upgrade in place, it is exported again."""
+    from pathlib import Path
+
+    from edrules.errors import EdrulesError, Location
+
+    source = _parquet_source(Path(path), "messages")
+    if source is None:
+        return
+    have = {r[0] for r in duckdb.connect().execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    lacking = [c for c in table_columns("messages") if c not in have]
+    if is_version_1(lacking):
+        raise EdrulesError(
+            f"Parquet dataset schema version 1 predates the derived facts ({_shown(lacking)}): upgrade the "
+            "DuckDB file it was exported from (`edrules upgrade FILE`) and export it again "
+            "(edrules.schema.export_parquet_dataset), or ingest its mail again into a new folder",
+            Location(str(path)))
+    if lacking:
+        raise EdrulesError(f"not an edrules Parquet dataset: messages lacks column(s) {_shown(lacking)}",
+                           Location(str(path)))
+
+
 def attach_parquet_dataset(con: duckdb.DuckDBPyConnection, path) -> None:
     """Views named like the dataset tables over a Parquet dataset folder, columns in schema order.
-    A table the folder lacks (no errors were written, say) is an empty view of the schema."""
+    A table the folder lacks (no errors were written, say) is an empty view of the schema.
+    A folder of schema version 1 is refused (require_parquet_dataset)."""
     from pathlib import Path
 
     root = Path(path)
+    require_parquet_dataset(root)
     for table in PARQUET_TABLES:
-        files = sorted((root / table).glob("**/*.parquet")) if (root / table).is_dir() else []
-        if files:
-            glob = str(root / table / "**" / "*.parquet").replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {', '.join(table_columns(table))} "
-                        f"FROM read_parquet('{glob}', hive_partitioning = true, "
-                        "hive_types = {'dataset': VARCHAR}, union_by_name = true)")
+        source = _parquet_source(root, table)
+        if source is not None:
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {', '.join(table_columns(table))} FROM {source}")
         else:
             con.execute(_ddl_of(table).replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
 
 
 def export_parquet_dataset(con: duckdb.DuckDBPyConnection, out) -> None:
-    """Write every table of a DuckDB dataset as a Parquet dataset folder (for Spark)."""
+    """Write every table of a DuckDB dataset as a Parquet dataset folder (for Spark), columns
+    in schema order (an upgraded file has its version 2 columns last)."""
     from pathlib import Path
 
     root = Path(out)
@@ -212,5 +282,5 @@ def export_parquet_dataset(con: duckdb.DuckDBPyConnection, out) -> None:
     for table in PARQUET_TABLES:
         target = str(root / table).replace("'", "''")
         if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
-            con.execute(f"COPY (SELECT * FROM {table}) TO '{target}' "
+            con.execute(f"COPY (SELECT {', '.join(table_columns(table))} FROM {table}) TO '{target}' "
                         "(FORMAT parquet, PARTITION_BY (dataset), OVERWRITE_OR_IGNORE)")

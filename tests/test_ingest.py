@@ -189,6 +189,57 @@ def test_header_from_is_valid_only_for_exactly_one_mailbox_with_a_domain(headers
     assert (not f.from_invalid, f.header_from) == (valid, header_from)
 
 
+@pytest.mark.parametrize(
+    "headers, mailboxes",
+    [
+        # an unquoted comma in the display name: two mailboxes, one of them an address
+        (b"From: Ihr Gewinner Team, jehd <service@stayfriends.de>\r\n", ("service@stayfriends.de",)),
+        (b"From: A <a@Example.com>\r\nFrom: b@example.net\r\nFrom: a@example.com\r\n",
+         ("a@example.com", "b@example.net")),
+        (b"From: \"Doe, Jane\" <Jane.Doe@EXAMPLE.com.>\r\n", ("jane.doe@example.com",)),
+        (b"From: <=?utf-8?q?ceo?=@bank.example>, x@evil.example\r\n", ("x@evil.example",)),
+        (b"From: =?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?=\r\n", ()),
+        (b"From: a@[192.0.2.1], b@a..example, <@example.com>, c@-x.example\r\n", ()),
+        (b"", ()),
+    ],
+)
+def test_from_mailboxes_are_every_address_a_lenient_reading_of_every_from_field_finds(headers, mailboxes):
+    f = facts_from_bytes(headers + b"To: x@example.org\r\nSubject: s\r\n\r\n").facts
+    assert f.from_mailboxes == mailboxes
+    # header_from and from_invalid are as strict as ever
+    assert f.from_invalid is (f.header_from is None)
+
+
+def test_a_malformed_from_keeps_its_mailboxes_in_the_dataset_and_the_quarantine_csv(tmp_path):
+    write(tmp_path / "m.eml", b"From: Ihr Gewinner Team, jehd <service@stayfriends.de>\r\nTo: x@example.org\r\n\r\nx")
+    (tmp_path / "q.csv").write_text(
+        CSV_HEADER + "2026-01-05T10:00:00Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,"
+        "DoNotReply@SomeOtpSite.cz,s\n"
+        "2026-01-05T10:00:00Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,,s\n")
+    con = duckdb.connect()
+    ingest_paths(con, [tmp_path], jobs=1)
+    rows = con.execute("SELECT header_from, from_invalid, from_mailboxes, from_domains FROM messages "
+                       "ORDER BY source").fetchall()
+    assert rows == [(None, True, ["service@stayfriends.de"], ["stayfriends.de"]),
+                    ("donotreply@someotpsite.cz", False, ["donotreply@someotpsite.cz"], ["someotpsite.cz"]),
+                    (None, True, [], [])]
+
+
+def test_a_quarantine_csv_from_cell_is_read_as_a_from_field_not_as_one_address(tmp_path):
+    # The cell used to be normalised as one address: `ihr gewinner team, jehd <service@...` with
+    # the domain stayfriends.de and from_invalid false, a valid header From no MTA ever saw.
+    (tmp_path / "q.csv").write_text(
+        CSV_HEADER + '2026-01-05T10:00:00Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,'
+        '"Ihr Gewinner Team, jehd <service@stayfriends.de>",s\n'
+        '2026-01-05T10:00:01Z,a@example.org,b@example.com,192.0.2.1,spam,1,quarantined,Jane <J@Example.com>,s\n')
+    con = duckdb.connect()
+    ingest_paths(con, [tmp_path], jobs=1)
+    assert con.execute("SELECT header_from, header_from_domain, from_invalid, from_mailboxes FROM messages "
+                       "ORDER BY received_at").fetchall() == [
+        (None, None, True, ["service@stayfriends.de"]),
+        ("j@example.com", "example.com", False, ["j@example.com"])]
+
+
 def test_an_address_hidden_in_an_encoded_word_is_a_malformed_from_not_that_address():
     # RFC 2047 forbids encoded-words in an addr-spec; the gateway's DMARC finds no From domain
     # there (so no p=reject fail), while a decoding MUA shows ceo@bank.example. Reading it as

@@ -145,7 +145,6 @@ def _mask(family: int, plen: int) -> tuple[int, int]:
     return m >> 64, m & 0xFFFF_FFFF_FFFF_FFFF
 
 
-
 def _entries(policy: Policy) -> Iterator[tuple[int, Entry]]:
     """(eid, entry) over both lists; eid is unique, `ord` (file order) is per list."""
     eid = 0
@@ -311,19 +310,6 @@ def policy_tables(policy: Policy, *, now: datetime | date | None = None,
             "label": pa.array([labels[r[3]] for r in rules], s),
         }),
     }
-
-
-def _cidr_parts(text: str) -> tuple[int, int, int, int]:
-    """(family, prefix length, network high, network low)."""
-    net = ipaddress.ip_network(text, strict=False)
-    n = int(net.network_address)
-    return net.version, net.prefixlen, n >> 64, n & 0xFFFF_FFFF_FFFF_FFFF
-
-
-def _mask(family: int, plen: int) -> tuple[int, int]:
-    bits = 32 if family == 4 else 128
-    m = ((1 << plen) - 1) << (bits - plen)
-    return m >> 64, m & 0xFFFF_FFFF_FFFF_FFFF
 
 
 # Does hit `h` apply to the recipient row (docs/rules.md "Entry matching", scopes)?

@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from edrules.catalog import load_catalog
 from edrules.domains import address_domain, domain_syntax_ok, normalize_address, normalize_domain, org_domain
@@ -203,6 +203,7 @@ def extract(
     ip, helo_name, ptr = _client(client_ip, helo, hops[edge] if edge is not None else None, auth.spf_header)
     helo_org = None if not helo_name or is_ip_literal(helo_name) else org_domain(helo_name)
     header_from, from_domain, from_display, from_invalid = _header_from(block, paste)
+    boxes = from_mailboxes(header_from, (v for _, v in block.get_all("from")))
     if auth.spf is not None and not _spf_for_envelope(auth.spf_domain, env_from, env_domain, helo_name):
         warnings.append(f"spf-not-for-envelope:{auth.spf_domain or '-'}")
         auth.spf = None
@@ -244,6 +245,7 @@ def extract(
         header_from_org=org_domain(from_domain) if from_domain else None,
         from_display=from_display,
         from_invalid=from_invalid,
+        from_mailboxes=boxes,
         reply_to=reply_to,
         envelope_from=env_from,
         envelope_from_domain=env_domain,
@@ -503,6 +505,45 @@ def _header_from(block: HeaderBlock, paste: bool = False) -> tuple[str | None, s
     if _idna_disguised(addr, domain):
         return None, None, None, True
     return a, domain, decode_words(display) or None, False
+
+
+def from_mailboxes(header_from: str | None, from_values: Iterable[str]) -> tuple[str, ...]:
+    """MessageFacts.from_mailboxes: (header_from,) for a valid From; for a malformed one every
+    address a lenient reading of every From field value finds that normalises to an address
+    with a host-name domain, in order, deduplicated (block entries match them: a malformed From
+    must not hide a blocked sender). An encoded-word address is never decoded into one.
+    Shared by ingest, quarantine-CSV rows and `edrules upgrade` (from the `headers` table)."""
+    if header_from is not None:
+        return (header_from,)
+    found: dict[str, None] = {}
+    for value in from_values:
+        for _, addr in mailboxes(value):
+            a = _lenient_address(addr)
+            if a is not None:
+                found.setdefault(a)
+    return tuple(found)
+
+
+def from_cell(value: str) -> tuple[str | None, str | None, str | None, bool, tuple[str, ...]]:
+    """(address, domain, display, invalid, mailboxes) of a From value given on its own (a
+    quarantine CSV's header_from cell), read exactly as a message's single From field."""
+    block = split_header_block(("From: " + " ".join(value.split())).encode("utf-8", "replace"))
+    address, domain, display, invalid = _header_from(block)
+    return address, domain, display, invalid, from_mailboxes(address, (v for _, v in block.get_all("from")))
+
+
+def _lenient_address(addr: str) -> str | None:
+    if "=?" in addr and decode_words(addr) != " ".join(addr.split()):
+        return None  # an encoded-word (RFC 2047 forbids them in an addr-spec): no address
+    local, at, raw_domain = addr.strip().rpartition("@")
+    if not at or not local.strip() or not domain_syntax_ok(raw_domain):
+        return None
+    a = normalize_address(addr)
+    domain = address_domain(a)
+    # A non-ASCII label IDNA could not encode stays as written: not a name anyone can block.
+    if not domain or not domain.isascii() or not domain_syntax_ok(domain):
+        return None
+    return a
 
 
 def _recipients(block: HeaderBlock, explicit: Sequence[str] | None) -> tuple[Recipient, ...]:

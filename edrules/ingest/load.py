@@ -16,7 +16,7 @@ from edrules.derive import DERIVED_COLUMNS, DERIVED_TYPES, derive
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
 from edrules.ingest.extract import ExtractedMessage
-from edrules.schema import connect_dataset, ensure_schema, require_ingestable
+from edrules.schema import connect_dataset, ensure_schema, require_dataset, require_ingestable
 
 _DKIM = pa.list_(
     pa.struct([("d", pa.string()), ("s", pa.string()), ("result", pa.string()), ("org", pa.string())])
@@ -191,6 +191,9 @@ def connect(db: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPy
     """(connection, owned): a path is opened (parent folder created), a connection reused."""
     if isinstance(db, duckdb.DuckDBPyConnection):
         ensure_schema(db)
+        # An older schema is refused here too (a file's path, or ':memory:', names it).
+        require_dataset(db, db.execute("SELECT coalesce(path, ':memory:') FROM duckdb_databases() "
+                                       "WHERE database_name = current_database()").fetchall()[0][0])
         return db, False
     path = Path(db)
     try:

@@ -12,7 +12,7 @@ from typing import Iterator
 from edrules.domains import address_domain, normalize_address, normalize_ip, org_domain
 from edrules.errors import EdrulesError, Location
 from edrules.facts import MessageFacts
-from edrules.ingest.extract import ExtractedMessage, Recipient, normalize_category
+from edrules.ingest.extract import ExtractedMessage, Recipient, from_cell, normalize_category
 from edrules.ingest.headers import decode_words
 from edrules.ingest.readers import FileRefused, ReadFailure, Unit, max_file_bytes, read_capped
 from edrules.ingest.received import parse_date
@@ -191,8 +191,8 @@ def facts_from_csv_row(unit: Unit, dataset: str, label: str | None) -> Extracted
     env = kw["envelope_from"]
     env_from = normalize_address(env) if env is not None else None
     env_domain = address_domain(env_from)
-    hf = normalize_address(row.get("header_from", "").strip() or None)
-    hf_domain = address_domain(hf)
+    # Read as a From field is: a cell `Team, jehd <a@b.example>` is two mailboxes, not an address.
+    hf, hf_domain, _, hf_invalid, hf_boxes = from_cell(row.get("header_from", ""))
     rcpts = tuple(
         Recipient(a, address_domain(a), "envelope")
         for a in dict.fromkeys(normalize_address(r) for r in kw["recipients"])
@@ -208,12 +208,13 @@ def facts_from_csv_row(unit: Unit, dataset: str, label: str | None) -> Extracted
         received_at=kw["received_at"],
         message_id=row.get("message_id", "").strip() or None,
         subject=decode_words(row.get("subject", "").strip() or None),
-        header_from=hf if hf_domain else None,
+        header_from=hf,
         header_from_domain=hf_domain,
         header_from_org=org_domain(hf_domain) if hf_domain else None,
         from_display=row.get("from_display", "").strip() or None,
         # A gateway export names at most one From; absent means unknown, which rules treat as invalid.
-        from_invalid=hf_domain is None,
+        from_invalid=hf_invalid,
+        from_mailboxes=hf_boxes,
         envelope_from=env_from,
         envelope_from_domain=env_domain,
         envelope_from_org=org_domain(env_domain) if env_domain else None,

@@ -88,7 +88,7 @@ def ingest_spark(
     from edrules.ingest.extract import normalize_category
     from edrules.ingest.pipeline import _tasks, plan_run
     from edrules.ingest.trust import TrustConfig
-    from edrules.schema import table_columns
+    from edrules.schema import is_parquet_dataset, require_parquet_dataset, table_columns
 
     t0 = time.perf_counter()
     if not dataset or not dataset.strip():
@@ -98,6 +98,8 @@ def ingest_spark(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdrulesError("--out must be a folder (a Parquet dataset)", Location(str(out)))
+    if is_parquet_dataset(out):
+        require_parquet_dataset(out)  # appending version 2 rows to a version 1 folder mixes schemas
     files, skipped, pre, trust = plan_run(paths, dataset, trust)
     tasks = list(enumerate(_tasks(files, dataset, label, trust), start=1))
     stage = out / f"_staging-{uuid.uuid4().hex[:12]}"
