@@ -494,12 +494,14 @@ cands_{i.field} AS (
              else f"list_transform(coalesce(c{k}, []), lambda h: {{'v': d.{i.field}, 'c': h}})"
              for k, i in enumerate(idents)]
     any_cand = " OR ".join(f"c{k}.c IS NOT NULL" for k in range(len(idents))) or "FALSE"
-    # Unnested per identity (no lambda): scalar ones pair each candidate with the message's value.
-    rest = ", ".join(f"c{k}" for k in range(len(idents)))
+    # Unnested per identity (no lambda, the generator alone in its select as Spark wants it):
+    # scalar ones pair each candidate with the message's value, list ones carry their own.
+    kept = ", ".join(["dataset", "msg_key", *fact_cols, *(["vip_eids"] if with_ips else [])])
     cand_rows = "\n  UNION ALL\n  ".join(
-        (f"SELECT d.* EXCLUDE ({rest}), unnest(d.c{k}) AS x FROM probe d WHERE d.c{k} IS NOT NULL" if i.many else
-         f"SELECT d.* EXCLUDE ({rest}), {{'v': d.{i.field}, 'c': unnest(d.c{k})}} AS x FROM probe d "
-         f"WHERE d.c{k} IS NOT NULL")
+        (f"SELECT {kept}, {{'v': u.v, 'c': u.c}} AS x FROM (SELECT {kept}, unnest(c{k}) AS u FROM probe "
+         f"WHERE c{k} IS NOT NULL)" if i.many else
+         f"SELECT {kept}, {{'v': {i.field}, 'c': u}} AS x FROM (SELECT {kept}, unnest(c{k}) AS u FROM probe "
+         f"WHERE c{k} IS NOT NULL)")
         for k, i in enumerate(idents))
     concat = parts[0] if len(parts) == 1 else (f"list_concat({', '.join(parts)})" if parts else "[]")
     # Gates and proofs run on one row per (message, candidate): plain expressions, no nested
