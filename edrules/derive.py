@@ -11,19 +11,17 @@ atoms with two-valued logic, so no flag is ever None.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
-from operator import attrgetter
+from typing import NamedTuple
 
 from edrules.facts import MessageFacts
 
 DMARC_ENFORCING = ("quarantine", "reject")
-_DOTTED_QUAD = re.compile(r"(\d+)\.(\d+)\.(\d+)\.\d+")
 
 
-@dataclass(frozen=True, slots=True)
-class DerivedFacts:
-    """One message's derived facts; field names are the `messages` column names."""
+class DerivedFacts(NamedTuple):
+    """One message's derived facts; field names are the `messages` column names. A NamedTuple:
+    the gateway builds one per message, and tuple construction is ~4x cheaper than a frozen
+    dataclass's."""
 
     env_domain: str | None  # the envelope domain; the HELO name for the null sender
     env_org: str | None  # organisation of env_domain
@@ -44,12 +42,11 @@ class DerivedFacts:
 
     def values(self) -> tuple:
         """The column values in DERIVED_COLUMNS order."""
-        return _VALUES(self)
+        return tuple(self)
 
 
-DERIVED_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(DerivedFacts))
-_VALUES = attrgetter(*DERIVED_COLUMNS)
-# DuckDB types of the derived columns (all NOT NULL but the three names).
+DERIVED_COLUMNS: tuple[str, ...] = DerivedFacts._fields
+# DuckDB types of the derived columns (never NULL but the names, though not declared so).
 DERIVED_TYPES: dict[str, str] = {
     name: ("VARCHAR" if name in ("env_domain", "env_org", "network")
            else "VARCHAR[]" if name == "from_domains" else "BOOLEAN")
@@ -74,23 +71,15 @@ def derive(f: MessageFacts) -> DerivedFacts:
     dkim_aligned = hfo is not None and any(s.result == "pass" and s.org == hfo for s in f.dkim)
     aligned_auth = f.dmarc == "pass" or spf_aligned or dkim_aligned
     org_mismatch = hfo is not None and env_org is not None and hfo != env_org
+    boxes = f.from_mailboxes
+    if len(boxes) == 1:
+        from_domains: tuple[str, ...] = (boxes[0].rpartition("@")[2],) if "@" in boxes[0] else ()
+    else:
+        from_domains = tuple(dict.fromkeys(a.rpartition("@")[2] for a in boxes if "@" in a))
     return DerivedFacts(
-        env_domain=env_domain,
-        env_org=env_org,
-        null_sender=null_sender,
-        spf_pass=spf_pass,
-        dmarc_enforced_fail=enforced_fail,
-        header_ok=header_ok,
-        env_ok=env_ok,
-        env_spf_ok=spf_pass and env_ok,
-        spf_aligned=spf_aligned,
-        dkim_aligned=dkim_aligned,
-        aligned_auth=aligned_auth,
-        header_aligned=header_ok and aligned_auth,
-        org_mismatch=org_mismatch,
-        from_domains=tuple(dict.fromkeys(a.rpartition("@")[2] for a in f.from_mailboxes if "@" in a)),
-        forged=_forged(f, env_org, aligned_auth),
-        network=_network(f, env_org),
+        env_domain, env_org, null_sender, spf_pass, enforced_fail, header_ok, env_ok,
+        spf_pass and env_ok, spf_aligned, dkim_aligned, aligned_auth, header_ok and aligned_auth,
+        org_mismatch, from_domains, _forged(f, env_org, aligned_auth), _network(f, env_org),
     )
 
 
@@ -111,7 +100,10 @@ def _network(f: MessageFacts, env_org: str | None) -> str:
         return f.bulk_provider
     if f.helo_org:
         return f.helo_org
-    if f.client_ip:
-        m = _DOTTED_QUAD.fullmatch(f.client_ip)
-        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}.0/24" if m else f.client_ip
+    ip = f.client_ip
+    if ip:
+        parts = ip.split(".")
+        if len(parts) == 4 and all(p.isascii() and p.isdigit() for p in parts):
+            return f"{parts[0]}.{parts[1]}.{parts[2]}.0/24"
+        return ip
     return env_org or "(unknown)"

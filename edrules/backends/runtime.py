@@ -175,12 +175,9 @@ class _Values:
 _DERIVED = frozenset(DERIVED_COLUMNS)
 
 
-def _column(name: str) -> Callable[[MessageFacts, DerivedFacts], object]:
-    """Accessor of a message column: derived facts first, then the facts."""
-    get = attrgetter(name)
-    if name in _DERIVED:
-        return lambda f, d: get(d)
-    return lambda f, d: get(f)
+def _column(name: str) -> tuple[bool, Callable]:
+    """(reads the derived facts, getter) of a message column: derived facts first, then facts."""
+    return name in _DERIVED, attrgetter(name)
 
 
 # A hit: (position, identity rank, ref, identity label, matched value, proof or None).
@@ -239,7 +236,7 @@ class RuntimeEvaluator:
                 role_gates.setdefault(g.role, set()).add(g.under(mode))
         # (rank, identity, accessor, gate columns one of which must hold, walks domain parents);
         # CIDR kinds are looked up in the interval indices instead.
-        self._probes: list[tuple[int, sem.Identity, Callable, tuple[Callable, ...], bool]] = []
+        self._probes: list[tuple[int, sem.Identity, tuple, tuple[tuple, ...], bool]] = []
         for rank, ident in enumerate(sem.IDENTITIES):
             if ident.kind not in self._by_kind or ident.role not in role_gates:
                 continue
@@ -251,7 +248,8 @@ class RuntimeEvaluator:
         self._actions = {k: Action(v) for k, v in policy.actions.items()}
         self._bulk = {k: BulkPolicy(v) for k, v in policy.bulk_mailers.items()}
         self._bulk_checks = {name: _grouped(sem.provider_checks(p)) for name, p in providers.items()}
-        self._forgery = tuple((_column(col), neg) for col, neg in sem.FORGERY[mode])
+        # Forgery terms read derived columns: tuple positions, the cheapest read of a NamedTuple.
+        self._forgery = tuple((DERIVED_COLUMNS.index(col), neg) for col, neg in sem.FORGERY[mode])
         self._forgery_reasons = tuple((_column(c) if c else None, t) for c, t in sem.forgery_reasons(mode))
         # Outcomes of steps 6-7 for mail that is not a forgery do not depend on the message:
         # built once, so the common path allocates nothing but the Verdict.
@@ -362,7 +360,10 @@ class RuntimeEvaluator:
             v = _Values(f, d, {})
             return (self._actions["bulk"], "bulk", sem.render(sem.STEPS["bulk"].reason, v),
                     sem.render(sem.STEPS["bulk"].rule_id, v), (TraceStep("bulk_provider", f"{bp}: block"),))
-        if not any(bool(get(f, d)) != neg for get, neg in self._forgery):
+        for i, neg in self._forgery:
+            if bool(d[i]) is not neg:
+                break
+        else:
             return self._not_forgery_outcome.get(f.category) or self._clean_outcome
         # The exemption never covers mail the From domain's owner disowned (DMARC p=quarantine/reject):
         # anyone with an account at the provider could otherwise send as that domain.
@@ -384,7 +385,7 @@ class RuntimeEvaluator:
     def forgery_reason(self, f: MessageFacts, d: DerivedFacts) -> str:
         """Plain English, built only for forgery verdicts (it is the explain sentence's tail)."""
         for cond, template in self._forgery_reasons:
-            if cond is None or cond(f, d):
+            if cond is None or (cond[1](d) if cond[0] else cond[1](f)):
                 return sem.render(template, _Values(f, d, {"mode": str(self._mode)}))
         return sem.render(sem.FORGERY_REASONS[0][2], {"mode": str(self._mode)})  # unreachable: see FORGERY
 
@@ -410,10 +411,10 @@ class RuntimeEvaluator:
         # (rank, identity, value shown, is_parent, bucket).
         found: list[tuple] = []
         has_sub = self._has_sub
-        for rank, ident, get, needs, suffixes in self._probes:
-            if needs and not any(n(f, d) for n in needs):
+        for rank, ident, (on_d, get), needs, suffixes in self._probes:
+            if needs and not any(g(d) if od else g(f) for od, g in needs):
                 continue
-            raw = get(f, d)
+            raw = get(d) if on_d else get(f)
             if not raw:
                 continue
             values = self._by_kind[ident.kind]
@@ -491,8 +492,10 @@ class RuntimeEvaluator:
             proof = self._via_proof(r, f, d, ip)
             if proof is None:
                 return None
-        elif gate != sem.ALWAYS and not self._gate[gate](f, d):
-            return None
+        elif gate != sem.ALWAYS:
+            on_d, get = self._gate[gate]
+            if not (get(d) if on_d else get(f)):
+                return None
         return (r.pos, rank, r, ident.label, value, proof)
 
     def _accept_ip(self, r: _Ref, f: MessageFacts, d: DerivedFacts, today: date) -> _Hit | None:
@@ -501,8 +504,12 @@ class RuntimeEvaluator:
             return None
         rank, ident = _IP_IDENTITY
         gate = r.gates.get(ident.field)
-        if gate is None or (gate != sem.ALWAYS and not self._gate[gate](f, d)):
+        if gate is None:
             return None
+        if gate != sem.ALWAYS:
+            on_d, get = self._gate[gate]
+            if not (get(d) if on_d else get(f)):
+                return None
         return (r.pos, rank, r, ident.label, f.client_ip, None)
 
     def _entry_verdict(self, hit: _Hit, f: MessageFacts, d: DerivedFacts) -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import StrEnum
 from typing import Callable, Mapping
 
@@ -251,12 +252,27 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 UNKNOWN = "unknown"
 
 
+@lru_cache(maxsize=None)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """(literal text, placeholder name or None) pairs: a template is split once, not per verdict."""
+    out: list[tuple[str, str | None]] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(template):
+        out.append((template[pos:m.start()], m.group(1)))
+        pos = m.end()
+    out.append((template[pos:], None))
+    return tuple(out)
+
+
 def render(template: str, values: Mapping[str, object]) -> str:
     """The template with each {name} replaced by values[name] ('unknown' when None or absent)."""
-    def one(m: re.Match) -> str:
-        v = values.get(m.group(1))
-        return UNKNOWN if v is None else str(v)
-    return _PLACEHOLDER.sub(one, template)
+    out = []
+    for text, name in _pieces(template):
+        out.append(text)
+        if name is not None:
+            v = values.get(name)
+            out.append(UNKNOWN if v is None else str(v))
+    return "".join(out)
 
 
 def render_sql(template: str, expr: Callable[[str], str]) -> str:
