@@ -438,15 +438,8 @@ class RuntimeEvaluator:
             if bucket.scoped:
                 scoped.append(probe)
         if ip is not None and self._ip_refs:
-            for i in self._ip.lookup(ip):
-                hit = self._accept_ip(self._ip_refs[i], f, d, today)
-                if hit is not None:
-                    (allow if hit[2].allow else block).append(hit)
-        if len(block) > 1:
-            block.sort(key=_order)
-        if len(allow) > 1:
-            allow.sort(key=_order)
-        return block, allow, scoped
+            self._ip_hits(self._ip, f, d, ip, today, block, allow)
+        return _in_order(block), _in_order(allow), scoped
 
     def _scoped_hits(self, f: MessageFacts, d: DerivedFacts, ip: int | None, scoped: list[tuple],
                      keys: tuple[str | None, str], today: date) -> tuple[list[_Hit], list[_Hit]]:
@@ -463,15 +456,16 @@ class RuntimeEvaluator:
                         (allow if r.allow else block).append(hit)
             idx = self._ip_scoped.get(key)
             if idx is not None and ip is not None:
-                for i in idx.lookup(ip):
-                    hit = self._accept_ip(self._ip_refs[i], f, d, today)
-                    if hit is not None:
-                        (allow if hit[2].allow else block).append(hit)
-        if len(block) > 1:
-            block.sort(key=_order)
-        if len(allow) > 1:
-            allow.sort(key=_order)
-        return block, allow
+                self._ip_hits(idx, f, d, ip, today, block, allow)
+        return _in_order(block), _in_order(allow)
+
+    def _ip_hits(self, index: IntervalIndex, f: MessageFacts, d: DerivedFacts, ip: int, today: date,
+                 block: list[_Hit], allow: list[_Hit]) -> None:
+        """Add the CIDR entries of `index` covering the client IP that accept it."""
+        for i in index.lookup(ip):
+            hit = self._accept_ip(self._ip_refs[i], f, d, today)
+            if hit is not None:
+                (allow if hit[2].allow else block).append(hit)
 
     def _accept(self, r: _Ref, f: MessageFacts, d: DerivedFacts, ip: int | None, probe: tuple,
                 today: date) -> _Hit | None:
@@ -531,6 +525,12 @@ class RuntimeEvaluator:
 # The identity CIDR entries are matched against (the interval indices hold them).
 _IP_IDENTITY = next((rank, i) for rank, i in enumerate(sem.IDENTITIES)
                     if sem.KIND_MATCHERS[i.kind] is sem.Matcher.CIDR)
+
+
+def _in_order(hits: list[_Hit]) -> list[_Hit]:
+    if len(hits) > 1:
+        hits.sort(key=_order)
+    return hits
 
 
 def _order(hit: _Hit) -> tuple[int, int, str]:
