@@ -53,6 +53,9 @@ class DkimSignatureResult:
     org: str | None = None
 
 
+_COLUMNS: dict[type, frozenset[str]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class MessageFacts:
     """What rules see about one message. Missing facts are None; a missing fact makes a
@@ -104,7 +107,9 @@ class MessageFacts:
     @classmethod
     def from_row(cls, row: Mapping[str, Any], recipients: tuple[str, ...] = ()) -> "MessageFacts":
         """Build facts from a `messages` row (dict); unknown keys are ignored."""
-        names = set(cls.column_names())
+        names = _COLUMNS.get(cls)
+        if names is None:  # fields() walks the class each call: read once (upgrade and replay read millions)
+            names = _COLUMNS[cls] = frozenset(cls.column_names())
         kwargs = {k: v for k, v in row.items() if k in names}
         dk = kwargs.get("dkim") or ()
         kwargs["dkim"] = tuple(
