@@ -481,18 +481,13 @@ cands_{i.field} AS (
     if with_ips:
         cand_joins += "\n  LEFT JOIN via_ips vip ON vip.client_ip = d.client_ip"
     # The facts a gate or proof reads, carried out of the probe with its few candidate rows, so
-    # the lambdas that gate and prove run over those rows only, never over the traffic.
+    # gates and proofs are evaluated on those rows only, never over the traffic.
     gates_read = {g.under(mode) for g in sem.GATES} - {None, sem.ALWAYS, sem.VIA}
     fact_cols = sorted(gates_read | {"header_ok", "spf_pass", "env_domain", "envelope_from_domain", "dkim",
                                      "client_ip"} | {i.field for i in idents if not i.many})
     probe_cols = (["d.dataset", "d.msg_key"] + [f"d.{c}" for c in fact_cols]
                   + (["vip.eids AS vip_eids"] if with_ips else [])
                   + [f"c{k}.c AS c{k}" for k in range(len(idents))])
-    # Each candidate with the value it matched: scalar identities know it from the message,
-    # list identities (mailboxes) carry it per element.
-    parts = [f"coalesce(c{k}, [])" if i.many
-             else f"list_transform(coalesce(c{k}, []), lambda h: {{'v': d.{i.field}, 'c': h}})"
-             for k, i in enumerate(idents)]
     any_cand = " OR ".join(f"c{k}.c IS NOT NULL" for k in range(len(idents))) or "FALSE"
     # Unnested per identity (no lambda, the generator alone in its select as Spark wants it):
     # scalar ones pair each candidate with the message's value, list ones carry their own.
@@ -503,7 +498,6 @@ cands_{i.field} AS (
          f"SELECT {kept}, {{'v': {i.field}, 'c': u}} AS x FROM (SELECT {kept}, unnest(c{k}) AS u FROM probe "
          f"WHERE c{k} IS NOT NULL)")
         for k, i in enumerate(idents))
-    concat = parts[0] if len(parts) == 1 else (f"list_concat({', '.join(parts)})" if parts else "[]")
     # Gates and proofs run on one row per (message, candidate): plain expressions, no nested
     # lambdas over the candidates (those cost DuckDB ~0.4 ms a message).
     hit_struct = ", ".join([f"'{f}': x.v" if f == "v" else f"'{f}': x.c.{f}" for f in hit_fields]
