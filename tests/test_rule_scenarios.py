@@ -316,22 +316,31 @@ def test_the_scenario_table_covers_every_decision_category_and_from_policy_mode(
 
 
 def test_the_sql_backend_gives_the_same_verdict_for_every_scenario():
-    sql = pytest.importorskip("edrules.backends.sql")
     import duckdb
 
     con = duckdb.connect()
     for i, row in enumerate(ROWS):
         f = _facts(row)
-        messages, recipients = sql.facts_tables([f])
-        con.register("messages", messages)
-        con.register("recipients", recipients)
-        out = sql.evaluate_sql(con, parse_rules(row.rules), now=NOW).to_pylist()
-        got = [(r["action"], r["category"], r["rule_id"]) for r in out]
+        got = [v[:3] for v in _sql_verdicts(con, f, parse_rules(row.rules))]
         # On a mismatch, compare the SQL with docs/rules.md "Semantics" (env_ok, and NOT header_ok
         # in every mode's forgery, were added there for issue 3).
         assert got == [row.expect] * len(f.recipients), (i, row.says)
+
+
+def _sql_verdicts(con, f: MessageFacts, policy) -> list[tuple[str, str, str, str]]:
+    """(action, category, rule_id, reason) per recipient of `f`, in its order, from the SQL backend."""
+    from edrules.backends.sql import evaluate_sql, facts_tables
+
+    messages, recipients = facts_tables([f])
+    con.register("messages", messages)
+    con.register("recipients", recipients)
+    try:
+        by_rcpt = {r["recipient"]: (r["action"], r["category"], r["rule_id"], r["reason"])
+                   for r in evaluate_sql(con, policy, now=NOW).to_pylist()}
+    finally:
         con.unregister("messages")
         con.unregister("recipients")
+    return [by_rcpt[r] for r in f.recipients]
 
 
 GOLDEN = Path(__file__).parent / "golden" / "scenario_reasons.txt"
@@ -341,22 +350,13 @@ def _golden_lines() -> list[str]:
     """One line per scenario and recipient: the verdict and its reason, from both backends."""
     import duckdb
 
-    from edrules.backends.sql import evaluate_sql, facts_tables
-
     con = duckdb.connect()
     lines = []
     for row in ROWS:
         f = _facts(row)
         policy = parse_rules(row.rules)
         runtime = [(str(v.action), v.category, v.rule_id, v.reason) for v in RuntimeEvaluator(policy).evaluate(f, NOW)]
-        messages, recipients = facts_tables([f])
-        con.register("messages", messages)
-        con.register("recipients", recipients)
-        by_rcpt = {r["recipient"]: (r["action"], r["category"], r["rule_id"], r["reason"])
-                   for r in evaluate_sql(con, policy, now=NOW).to_pylist()}
-        con.unregister("messages")
-        con.unregister("recipients")
-        assert [by_rcpt[r] for r in f.recipients] == runtime, row.says
+        assert _sql_verdicts(con, f, policy) == runtime, row.says
         lines += [f"{row.says} | {a} {c} {rid} | {reason}" for a, c, rid, reason in runtime]
     return lines
 
